@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs everything vessel's build and tests need on a Debian machine, idempotently.
+# Safe to run again: each step checks before it installs.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null; then sudo "$@"; else log "need root for: $*"; exit 1; fi
+    else
+        "$@"
+    fi
+}
+
+# Debian packages: build deps, the tools the tests drive, and the guest kernel's tooling.
+PACKAGES=(
+    build-essential pkg-config libssl-dev libseccomp-dev musl-tools
+    docker-registry apache2-utils skopeo umoci runc
+    qemu-system-x86 acpica-tools busybox-static e2fsprogs cpio zstd xz-utils
+    iproute2 procps hyperfine
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    need_root apt-get update -qq
+    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian package starts a registry on :5000 through its service; tests start their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
+    need_root systemctl stop docker-registry || true
+fi
+
+# The guest agent is a static musl binary.
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    log "adding the x86_64-unknown-linux-musl target"
+    rustup target add x86_64-unknown-linux-musl
+fi
+
+log "ok"

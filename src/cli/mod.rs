@@ -1,0 +1,88 @@
+//! Command-line front end: argument parsing, state-root selection, error reporting.
+//!
+//! Each group of subcommands lives in its own file; this file only dispatches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod images;
+
+/// Exit status of a failed command other than `run` (which uses docker's 125/126/127 itself).
+pub const EXIT_FAILED: u8 = 1;
+
+/// vessel runs OCI container images in KVM microVMs (or, when asked, in namespaces on the host kernel).
+#[derive(Debug, Parser)]
+#[command(name = "vessel", version, about, propagate_version = true)]
+pub struct Cli {
+    /// State root (image store, containers, metadata). Default: /var/lib/vessel as root, else $XDG_DATA_HOME/vessel.
+    #[arg(long, global = true, env = "VESSEL_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand vessel has.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull an image from a registry.
+    Pull(images::PullArgs),
+    /// List images.
+    Images(images::ImagesArgs),
+    /// Show an image's details as JSON.
+    Inspect(images::InspectArgs),
+    /// Create a new reference to an existing image.
+    Tag(images::TagArgs),
+    /// Remove image references (and garbage-collect what no image uses).
+    Rmi(images::RmiArgs),
+    /// Load images from a docker-archive or OCI image-layout tarball.
+    Load(images::LoadArgs),
+    /// Save images to a docker-archive tarball.
+    Save(images::SaveArgs),
+    /// Store-wide maintenance: disk usage and consistency checks.
+    System(images::SystemArgs),
+}
+
+impl Cli {
+    /// The state root: `--root`, then `$VESSEL_ROOT`, then the per-user default.
+    pub fn state_root(&self) -> PathBuf {
+        if let Some(root) = &self.root {
+            return root.clone();
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/var/lib/vessel");
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        data.join("vessel")
+    }
+}
+
+/// Parses the command line, runs the command, and turns failures into one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = cli.state_root();
+    let result = match cli.command {
+        Command::Pull(a) => images::pull(&root, a),
+        Command::Images(a) => images::images(&root, a),
+        Command::Inspect(a) => images::inspect(&root, a),
+        Command::Tag(a) => images::tag(&root, a),
+        Command::Rmi(a) => images::rmi(&root, a),
+        Command::Load(a) => images::load(&root, a),
+        Command::Save(a) => images::save(&root, a),
+        Command::System(a) => images::system(&root, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("vessel: {err:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! vessel: run OCI container images in KVM microVMs, or in namespaces on the host kernel.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}
