@@ -4,4 +4,5 @@
 //! virtio-console channel on virtio-mmio, described to the guest by ACPI tables.
 //! It knows nothing of images or containers.
 
+pub mod acpi;
 pub mod devices;
