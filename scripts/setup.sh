@@ -40,4 +40,31 @@ if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
     rustup target add x86_64-unknown-linux-musl
 fi
 
+# The guest kernel: Debian's cloud kernel (bzImage + modules), extracted, not installed on
+# the host. VM mode and the VMM boot test use it; `vessel kernel install` can take it from here.
+KERNEL_CACHE=${VESSEL_KERNEL_CACHE:-/var/cache/vessel/kernel}
+if [ ! -s "$KERNEL_CACHE/vmlinuz" ] || [ ! -d "$KERNEL_CACHE/lib/modules" ]; then
+    log "fetching the Debian cloud kernel into $KERNEL_CACHE"
+    pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+    if [ -z "$pkg" ]; then
+        need_root apt-get update -qq
+        pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+    fi
+    [ -n "$pkg" ] || { log "cannot resolve linux-image-cloud-amd64"; exit 1; }
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null)
+    mkdir -p "$tmp/x" "$(dirname "$KERNEL_CACHE")"
+    dpkg-deb -x "$tmp"/*.deb "$tmp/x"
+    version=$(ls "$tmp/x/lib/modules" | head -n1)
+    mkdir -p "$tmp/k/lib"
+    mv "$tmp/x/boot/vmlinuz-$version" "$tmp/k/vmlinuz"
+    mv "$tmp/x/boot/config-$version" "$tmp/k/config" 2>/dev/null || true
+    mv "$tmp/x/lib/modules" "$tmp/k/lib/modules"
+    cp "$tmp"/*.deb "$tmp/k/"
+    echo "$version" > "$tmp/k/version"
+    rm -rf "$KERNEL_CACHE.new" && mv "$tmp/k" "$KERNEL_CACHE.new"
+    rm -rf "$KERNEL_CACHE" && mv "$KERNEL_CACHE.new" "$KERNEL_CACHE"
+fi
+
 log "ok"
