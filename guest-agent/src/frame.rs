@@ -289,7 +289,7 @@ mod tests {
                 buf.push(x as u8);
             }
             // Keep lengths plausible half of the time so decoding paths are reached.
-            if buf.len() >= 5 && x % 2 == 0 {
+            if buf.len() >= 5 && x.is_multiple_of(2) {
                 let l = (buf.len() - 4) as u32;
                 buf[..4].copy_from_slice(&l.to_le_bytes());
                 buf[4] %= 16;
