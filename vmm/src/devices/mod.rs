@@ -6,6 +6,14 @@
 //! irqfd) and, for virtio devices, the queue-notify `EventFd`s it exposes (registered
 //! by the core as ioeventfds). Everything a device reads from the guest is hostile.
 
+pub mod acpi_pm;
+pub mod bus;
+pub mod i8042;
+pub mod serial;
+pub mod virtio;
+
+pub use bus::{Bus, BusError};
+
 /// A device on the guest's MMIO or port-I/O bus.
 ///
 /// `offset` is relative to the start of the device's window, and `data.len()` is the

@@ -1,0 +1,430 @@
+//! virtio-console with a single port (no `VIRTIO_CONSOLE_F_MULTIPORT`): the agent
+//! channel. Queue 0 (receiveq) carries host→guest bytes, queue 1 (transmitq)
+//! guest→host bytes.
+//!
+//! The host side is a [`ConsoleBackend`]: a connected Unix stream socket, or an
+//! input fd plus an output fd. Host input is read without blocking into a bounded
+//! pending buffer and copied into receive buffers as the driver posts them; when
+//! the buffer is full we stop reading the backend (the kernel's socket or pipe
+//! buffer then applies back-pressure to the writer) and resume when the driver
+//! posts buffers. Output is written synchronously.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
+
+use super::{
+    read_config_bytes, BackendStatus, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_CONSOLE,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+};
+
+/// Size of each of the two queues.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most host input bytes held while the driver has no receive buffers.
+pub const MAX_PENDING: usize = 64 * 1024;
+const RX_QUEUE: usize = 0;
+const TX_QUEUE: usize = 1;
+// Chunk for copying guest output through a host buffer: bounds the allocation no
+// matter what length a descriptor claims.
+const TX_CHUNK: usize = 4096;
+// virtio_console_config: cols, rows, max_nr_ports, emerg_wr; all zero because no
+// feature that uses them is offered.
+const CONFIG_LEN: usize = 12;
+
+/// The host end of the console.
+#[derive(Debug)]
+pub struct ConsoleBackend {
+    input: Option<Endpoint>,
+    output: Option<Endpoint>,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    fd: OwnedFd,
+    is_socket: bool,
+}
+
+impl Endpoint {
+    fn new(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: fstat on an fd we own, into a zeroed stat buffer it fills.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is open for the lifetime of this call and `st` is writable.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            fd,
+            is_socket: st.st_mode & libc::S_IFMT == libc::S_IFSOCK,
+        })
+    }
+
+    // Never blocks: sockets use MSG_DONTWAIT (so the shared file description stays
+    // blocking for writes), other fds were made O_NONBLOCK at construction.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.fd.as_raw_fd();
+        let ptr = buf.as_mut_ptr().cast::<libc::c_void>();
+        let n = if self.is_socket {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+            unsafe { libc::recv(fd, ptr, buf.len(), libc::MSG_DONTWAIT) }
+        } else {
+            // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+            unsafe { libc::read(fd, ptr, buf.len()) }
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    // Sockets use MSG_NOSIGNAL so a vanished peer is an EPIPE error, not a SIGPIPE
+    // that kills the VMM.
+    fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+        let fd = self.fd.as_raw_fd();
+        while !buf.is_empty() {
+            let ptr = buf.as_ptr().cast::<libc::c_void>();
+            let n = if self.is_socket {
+                // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+                unsafe { libc::send(fd, ptr, buf.len(), libc::MSG_NOSIGNAL) }
+            } else {
+                // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+                unsafe { libc::write(fd, ptr, buf.len()) }
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[n as usize..];
+        }
+        Ok(())
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on an open fd have no memory effects.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl ConsoleBackend {
+    /// A backend on a connected Unix stream socket (both directions).
+    pub fn from_stream(stream: UnixStream) -> io::Result<Self> {
+        let input = stream.try_clone()?;
+        Ok(Self {
+            input: Some(Endpoint::new(OwnedFd::from(input))?),
+            output: Some(Endpoint::new(OwnedFd::from(stream))?),
+        })
+    }
+
+    /// A backend on separate fds. `input` (if any) is switched to non-blocking mode
+    /// unless it is a socket; do not share its file description with a reader that
+    /// expects blocking reads. Without `output`, guest output is discarded.
+    pub fn from_fds(input: Option<OwnedFd>, output: Option<OwnedFd>) -> io::Result<Self> {
+        let input = match input {
+            Some(fd) => {
+                let ep = Endpoint::new(fd)?;
+                if !ep.is_socket {
+                    set_nonblocking(ep.fd.as_raw_fd())?;
+                }
+                Some(ep)
+            }
+            None => None,
+        };
+        let output = output.map(Endpoint::new).transpose()?;
+        Ok(Self { input, output })
+    }
+}
+
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: VirtioInterrupt,
+    queues: Vec<Queue>,
+}
+
+/// A single-port virtio console.
+pub struct Console {
+    backend: ConsoleBackend,
+    pending: VecDeque<u8>,
+    input_closed: bool,
+    output_failed: bool,
+    config: [u8; CONFIG_LEN],
+    acked_features: u64,
+    active: Option<Active>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("pending", &self.pending.len())
+            .field("input_closed", &self.input_closed)
+            .field("active", &self.active.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn queue_err(index: usize) -> impl FnOnce(virtio_queue::Error) -> DeviceError {
+    move |source| DeviceError::Queue { index, source }
+}
+
+impl Console {
+    /// A console talking to `backend`.
+    pub fn new(backend: ConsoleBackend) -> Self {
+        let input_closed = backend.input.is_none();
+        Self {
+            backend,
+            pending: VecDeque::new(),
+            input_closed,
+            output_failed: false,
+            config: [0; CONFIG_LEN],
+            acked_features: 0,
+            active: None,
+        }
+    }
+
+    /// Host input bytes read from the backend but not yet delivered to the guest.
+    pub fn pending_input(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Reads what the backend has, without blocking, up to the pending limit.
+    fn fill_pending(&mut self) {
+        let Some(input) = self.backend.input.as_ref().filter(|_| !self.input_closed) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while self.pending.len() < MAX_PENDING {
+            let want = buf.len().min(MAX_PENDING - self.pending.len());
+            match input.read(&mut buf[..want]) {
+                Ok(0) => {
+                    self.input_closed = true;
+                    return;
+                }
+                Ok(n) => self.pending.extend(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("virtio-console: backend read failed: {e}; input closed");
+                    self.input_closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves pending bytes into receive buffers. Returns whether any chain was used.
+    fn deliver_rx(&mut self) -> Result<bool, DeviceError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[RX_QUEUE];
+        let mut used_any = false;
+        while !self.pending.is_empty() {
+            let chain = match queue.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => return Err(queue_err(RX_QUEUE)(e)),
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let mut written: u32 = 0;
+            for desc in chain.writable() {
+                if self.pending.is_empty() {
+                    break;
+                }
+                let n = self.pending.len().min(desc.len() as usize);
+                let bytes = &self.pending.make_contiguous()[..n];
+                if mem.write_slice(bytes, desc.addr()).is_err() {
+                    // A buffer outside guest memory ends this chain; the bytes stay
+                    // pending for the next one.
+                    break;
+                }
+                self.pending.drain(..n);
+                written = written.saturating_add(n as u32);
+            }
+            queue
+                .add_used(mem, head, written)
+                .map_err(queue_err(RX_QUEUE))?;
+            used_any = true;
+        }
+        Ok(used_any)
+    }
+
+    fn process_tx(&mut self) -> Result<bool, DeviceError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(false);
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[TX_QUEUE];
+        let mut used_any = false;
+        let mut buf = vec![0u8; TX_CHUNK];
+        loop {
+            let chain = match queue.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => return Err(queue_err(TX_QUEUE)(e)),
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            'descs: for desc in chain.readable() {
+                let len = desc.len() as usize;
+                let mut done = 0usize;
+                while done < len {
+                    let n = (len - done).min(TX_CHUNK);
+                    let Some(addr) = desc.addr().checked_add(done as u64) else {
+                        break 'descs;
+                    };
+                    if mem.read_slice(&mut buf[..n], addr).is_err() {
+                        break 'descs;
+                    }
+                    if !self.output_failed {
+                        if let Some(out) = self.backend.output.as_ref() {
+                            if let Err(e) = out.write_all(&buf[..n]) {
+                                log::warn!(
+                                    "virtio-console: backend write failed: {e}; output dropped"
+                                );
+                                self.output_failed = true;
+                            }
+                        }
+                    }
+                    done += n;
+                }
+            }
+            queue.add_used(mem, head, 0).map_err(queue_err(TX_QUEUE))?;
+            used_any = true;
+        }
+        Ok(used_any)
+    }
+
+    fn notify_guest(&mut self, queue_index: usize) -> Result<(), DeviceError> {
+        let Some(active) = self.active.as_mut() else {
+            return Ok(());
+        };
+        let queue = &mut active.queues[queue_index];
+        if queue
+            .needs_notification(&active.mem)
+            .map_err(queue_err(queue_index))?
+        {
+            active
+                .interrupt
+                .signal_used_queue()
+                .map_err(DeviceError::Interrupt)?;
+        }
+        Ok(())
+    }
+
+    // Delivers pending input and refills from the backend until either the driver
+    // runs out of buffers or the backend runs dry. Bounded: each round either
+    // delivers bytes or stops.
+    fn pump_rx(&mut self) -> Result<(), DeviceError> {
+        let mut used_any = false;
+        loop {
+            used_any |= self.deliver_rx()?;
+            if !self.pending.is_empty() || self.input_closed {
+                break;
+            }
+            self.fill_pending();
+            if self.pending.is_empty() {
+                break;
+            }
+        }
+        if used_any {
+            self.notify_guest(RX_QUEUE)?;
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for Console {
+    fn device_type(&self) -> u32 {
+        TYPE_CONSOLE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.features();
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // emerg_wr needs VIRTIO_CONSOLE_F_EMERG_WRITE, which is not offered.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: VirtioInterrupt,
+        queues: Vec<Queue>,
+    ) -> Result<(), DeviceError> {
+        if queues.len() != 2 {
+            return Err(DeviceError::QueueCount {
+                expected: 2,
+                got: queues.len(),
+            });
+        }
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queues,
+        });
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: usize) -> Result<(), DeviceError> {
+        match index {
+            RX_QUEUE => self.pump_rx(),
+            TX_QUEUE => {
+                if self.process_tx()? {
+                    self.notify_guest(TX_QUEUE)?;
+                }
+                Ok(())
+            }
+            _ => Err(DeviceError::NoSuchQueue(index)),
+        }
+    }
+
+    fn reset(&mut self) {
+        // Pending host input survives a driver reset: it is still owed to the guest.
+        self.active = None;
+        self.acked_features = 0;
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        self.backend.input.as_ref().map(|ep| ep.fd.as_raw_fd())
+    }
+
+    fn process_backend(&mut self) -> Result<BackendStatus, DeviceError> {
+        if !self.input_closed {
+            self.fill_pending();
+        }
+        self.pump_rx()?;
+        Ok(if self.input_closed {
+            BackendStatus::Closed
+        } else {
+            BackendStatus::Open
+        })
+    }
+}
