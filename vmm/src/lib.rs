@@ -5,4 +5,20 @@
 //! It knows nothing of images or containers.
 
 pub mod acpi;
+pub mod boot;
+pub mod config;
+pub mod cpu;
+pub mod device_manager;
 pub mod devices;
+pub mod error;
+pub mod event_loop;
+pub mod exit;
+pub mod memory;
+pub mod tiny_guest;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::VmConfig;
+pub use error::VmmError;
+pub use exit::ExitReason;
+pub use vm::{Vm, VmHandle};

@@ -1,0 +1,79 @@
+//! `vessel-vmm --config FILE`: runs one VM per process and exits with a code that
+//! says how it ended (see `vessel_vmm::exit`): 0 power-off, 1 host error, 2 usage,
+//! 3 reset, 4 triple fault, 5 KVM internal error, 6 entry failure, 7 stopped
+//! (SIGTERM/SIGINT), 8 timeout, 9 unhandled exit.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use vessel_vmm::exit::{EXIT_HOST_ERROR, EXIT_USAGE};
+use vessel_vmm::{Vm, VmConfig, VmHandle};
+
+const USAGE: &str = "usage: vessel-vmm --config FILE (a VmConfig as JSON; `-` reads stdin)";
+
+// The handle a SIGTERM/SIGINT stops. Set once before the handler is installed and
+// never freed (the process ends with the VM).
+static STOP: AtomicPtr<VmHandle> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_terminate(_: libc::c_int) {
+    let handle = STOP.load(Ordering::SeqCst);
+    if !handle.is_null() {
+        // SAFETY: the pointer comes from Box::into_raw and is never freed; `stop`
+        // only stores an atomic and writes an eventfd, both async-signal-safe.
+        unsafe { (*handle).stop() };
+    }
+}
+
+fn read_config(args: &[String]) -> Result<VmConfig, String> {
+    let path = match args {
+        [flag, path] if flag == "--config" => path,
+        _ => return Err(USAGE.to_string()),
+    };
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
+    };
+    VmConfig::from_json(&text).map_err(|e| e.to_string())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(args.first().map(String::as_str), Some("-h" | "--help")) {
+        println!("{USAGE}");
+        return;
+    }
+    let config = match read_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vessel-vmm: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let vm = match Vm::new(&config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("vessel-vmm: {e}");
+            std::process::exit(EXIT_HOST_ERROR);
+        }
+    };
+    STOP.store(Box::into_raw(Box::new(vm.handle())), Ordering::SeqCst);
+    let handler = on_terminate as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: installing a handler for SIGTERM/SIGINT; the handler only touches the
+    // static handle set above.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGINT, handler);
+    }
+    match vm.run() {
+        Ok(reason) => {
+            if reason.exit_code() != 0 {
+                eprintln!("vessel-vmm: {reason}");
+            }
+            std::process::exit(reason.exit_code());
+        }
+        Err(e) => {
+            eprintln!("vessel-vmm: {e}");
+            std::process::exit(EXIT_HOST_ERROR);
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! A VM: KVM VM with in-kernel irqchip and PIT, guest memory, devices, the loaded
+//! kernel and configured vCPUs. `Vm::new` builds it; `Vm::run` starts the vCPU
+//! threads and runs the event loop until the VM ends.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::boot::loader::{self, LoadRequest};
+use crate::boot::regs::setup_boot_vcpu;
+use crate::config::{SerialOutput, VmConfig};
+use crate::device_manager::Devices;
+use crate::devices::virtio::VirtioDevice;
+use crate::error::VmmError;
+use crate::event_loop::EventLoop;
+use crate::exit::ExitReason;
+use crate::memory::{self, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::vcpu::{self, ExitSignal, VcpuContext};
+
+/// How long `run` waits for vCPU threads to leave `KVM_RUN` after the VM ends.
+const VCPU_STOP_PATIENCE: Duration = Duration::from_secs(2);
+
+/// A built, not yet running VM.
+pub struct Vm {
+    // Declared before the VmFd so they are dropped (and unmapped) after it.
+    vcpus: Vec<VcpuFd>,
+    devices: Devices,
+    exit: Arc<ExitSignal>,
+    timeout: Option<Duration>,
+    vm: VmFd,
+    _mem: GuestMemoryMmap,
+}
+
+/// Ends a VM from another thread.
+#[derive(Clone, Debug)]
+pub struct VmHandle {
+    exit: Arc<ExitSignal>,
+}
+
+impl VmHandle {
+    /// Stops the VM; `run` returns [`ExitReason::Stopped`] unless it already ended.
+    ///
+    /// Lock-free, so it may be called from a signal handler.
+    pub fn stop(&self) {
+        self.exit.request_stop();
+    }
+}
+
+fn open_serial(out: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> {
+    Ok(match out {
+        SerialOutput::None => Box::new(std::io::sink()),
+        SerialOutput::Stdout => Box::new(std::io::stdout()),
+        SerialOutput::File { path } => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| VmmError::Io("opening the serial output file", e))?,
+        ),
+    })
+}
+
+impl Vm {
+    /// Builds the VM described by `config`, with serial output per `config.serial`.
+    pub fn new(config: &VmConfig) -> Result<Self, VmmError> {
+        let out = open_serial(&config.serial)?;
+        Self::with_serial(config, out)
+    }
+
+    /// Builds the VM with the serial port writing to `serial_out` (tests, embedding).
+    pub fn with_serial(
+        config: &VmConfig,
+        serial_out: Box<dyn Write + Send>,
+    ) -> Result<Self, VmmError> {
+        Self::with_parts(config, serial_out, Vec::new())
+    }
+
+    /// Builds the VM with the serial port writing to `serial_out` and `extra` virtio
+    /// devices placed after the ones `config` asks for (tests, embedding).
+    pub fn with_parts(
+        config: &VmConfig,
+        serial_out: Box<dyn Write + Send>,
+        extra: Vec<Box<dyn VirtioDevice>>,
+    ) -> Result<Self, VmmError> {
+        config.validate()?;
+        let mut virtio = virtio_devices(config)?;
+        virtio.extend(extra);
+        vcpu::install_kick_handler()?;
+        let kvm = Kvm::new().map_err(|e| VmmError::Kvm("open /dev/kvm", e))?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+        let mem = memory::create_guest_memory(config.memory_mib)?;
+        register_memory(&vm, &mem)?;
+        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(|e| VmmError::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
+        vm.create_irq_chip()
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit)
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+
+        let devices = Devices::new(&vm, &mem, serial_out, virtio)?;
+        let rsdp = None;
+        let plan = loader::load(
+            &mem,
+            &LoadRequest {
+                kernel: &config.kernel,
+                format: &config.kernel_format,
+                initrd: config.initrd.as_deref(),
+                cmdline: &config.cmdline,
+                memory_mib: config.memory_mib,
+                rsdp,
+            },
+        )?;
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(id))
+                .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
+            crate::cpu::configure(&fd, id, config.vcpus, &supported)
+                .map_err(|e| VmmError::Cpu(id, e))?;
+            if id == 0 {
+                setup_boot_vcpu(&fd, &mem, &plan)?;
+            }
+            vcpus.push(fd);
+        }
+        Ok(Vm {
+            vcpus,
+            devices,
+            exit: Arc::new(ExitSignal::new().map_err(|e| VmmError::Io("eventfd", e))?),
+            timeout: config.timeout(),
+            vm,
+            _mem: mem,
+        })
+    }
+
+    /// A handle that can stop this VM from another thread, before or during `run`.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            exit: self.exit.clone(),
+        }
+    }
+
+    /// The KVM VM fd (for tests and embedding).
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Runs the VM until it ends; returns why.
+    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (id, fd) in self.vcpus.drain(..).enumerate() {
+            let ctx = VcpuContext {
+                id: id as u8,
+                io_bus: self.devices.io_bus.clone(),
+                mmio_bus: self.devices.mmio_bus.clone(),
+                exit: self.exit.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu::run_vcpu(fd, ctx));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.exit
+                        .report(Err(VmmError::Io("spawning a vCPU thread", e)));
+                    break;
+                }
+            }
+        }
+        let outcome = EventLoop {
+            exit: &self.exit,
+            poweroff_evt: &self.devices.poweroff_evt,
+            reset_evt: &self.devices.reset_evt,
+            transports: &self.devices.transports,
+            deadline,
+        }
+        .run();
+        // Whatever ended the loop, make the vCPUs stop; a vCPU that reported first
+        // keeps its reason (first report wins), which the loop already returned.
+        self.exit.report(Ok(ExitReason::Stopped));
+        vcpu::stop_vcpus(threads, VCPU_STOP_PATIENCE);
+        outcome
+    }
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps
+        // until after the VmFd (and so the KVM memory slot) is dropped.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(())
+}
+
+/// The virtio devices `config` asks for, in guest order: disks, then the console.
+fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
+    let devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if !config.disks.is_empty() || config.console != crate::config::ConsoleConfig::None {
+        return Err(VmmError::Device(
+            "virtio".into(),
+            "virtio-blk and virtio-console are not wired in yet".into(),
+        ));
+    }
+    Ok(devices)
+}
