@@ -221,7 +221,7 @@ mod tests {
 
         let size = build_ext4(&root, &out).unwrap();
         assert_eq!(fs::metadata(&out).unwrap().len(), size);
-        assert!(size >= MIN_SIZE && size % MIB == 0);
+        assert!(size >= MIN_SIZE && size.is_multiple_of(MIB));
         // No temp file left beside it.
         let names: Vec<_> = fs::read_dir(out.parent().unwrap())
             .unwrap()
