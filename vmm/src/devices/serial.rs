@@ -138,7 +138,15 @@ mod tests {
         let mut dev = SerialDevice::new(evt.try_clone().unwrap(), Box::new(buf.clone()));
         // Enable the THR-empty interrupt (IER bit 1), as the 8250 driver does.
         dev.write(1, &[0x02]);
-        let _ = evt.read();
+        assert_eq!(
+            evt.read().unwrap(),
+            1,
+            "enabling THRE with an empty THR interrupts"
+        );
+        // Reading IIR acknowledges it, so the next transmit can interrupt again.
+        let mut iir = [0u8];
+        dev.read(2, &mut iir);
+        assert_eq!(iir[0] & 0x0f, 0x02);
         for b in b"Linux version" {
             dev.write(0, &[*b]);
         }

@@ -417,3 +417,589 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::*;
+    use std::io::{Read, Write};
+    use vm_memory::GuestAddress;
+
+    const QSIZE: u16 = 16;
+    const HDR: u64 = DATA_BASE;
+    const BUF: u64 = DATA_BASE + 0x1000;
+    const STATUS: u64 = DATA_BASE + 0x8000;
+    const DISK_SECTORS: u64 = 8;
+
+    fn pattern(i: usize) -> u8 {
+        (i % 251) as u8
+    }
+
+    fn disk_file() -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..(DISK_SECTORS * SECTOR_SIZE) as usize)
+            .map(pattern)
+            .collect();
+        f.write_all(&data).unwrap();
+        f.flush().unwrap();
+        f
+    }
+
+    struct Fixture {
+        mem: GuestMemoryMmap,
+        file: tempfile::NamedTempFile,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                mem: two_region_mem(),
+                file: disk_file(),
+            }
+        }
+
+        fn block(&self, read_only: bool) -> (Block, EventFd) {
+            let mut blk = Block::open(self.file.path(), read_only, "vessel-disk-0").unwrap();
+            let vq = DriverQueue::new(&self.mem, QUEUE_BASE, QSIZE);
+            let (irq, evt) = interrupt();
+            blk.activate(self.mem.clone(), irq, vec![vq.device_queue(&self.mem)])
+                .unwrap();
+            (blk, evt)
+        }
+
+        fn vq(&self) -> DriverQueue {
+            DriverQueue::layout(QUEUE_BASE, QSIZE)
+        }
+
+        fn header(&self, req_type: u32, sector: u64) {
+            let mut raw = [0u8; 16];
+            raw[..4].copy_from_slice(&req_type.to_le_bytes());
+            raw[8..].copy_from_slice(&sector.to_le_bytes());
+            self.mem.write_slice(&raw, GuestAddress(HDR)).unwrap();
+            // Poison the status byte so a test sees whether the device wrote it.
+            self.mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
+        }
+
+        fn disk_bytes(&self) -> Vec<u8> {
+            let mut v = Vec::new();
+            std::fs::File::open(self.file.path())
+                .unwrap()
+                .read_to_end(&mut v)
+                .unwrap();
+            v
+        }
+
+        fn status(&self) -> u8 {
+            byte_at(&self.mem, STATUS)
+        }
+    }
+
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// Submits one chain (descriptors from index 0) and returns the used entry.
+    fn submit(
+        fx: &Fixture,
+        blk: &mut Block,
+        descs: &[virtio_queue::desc::RawDescriptor],
+    ) -> (u32, u32) {
+        let vq = fx.vq();
+        let before = vq.used_idx(&fx.mem);
+        vq.publish(&fx.mem, 0, descs, &[0]);
+        blk.process_queue(0).unwrap();
+        assert_eq!(
+            vq.used_idx(&fx.mem),
+            before.wrapping_add(1),
+            "one chain must be used"
+        );
+        vq.used(&fx.mem, before)
+    }
+
+    #[test]
+    fn read_through_virtio_queue_mock() {
+        // The same request built with virtio-queue's own mock driver.
+        let mem = two_region_mem();
+        let file = disk_file();
+        let vq = virtio_queue::mock::MockSplitQueue::create(&mem, GuestAddress(QUEUE_BASE), QSIZE);
+        let mut raw = [0u8; 16];
+        raw[8..].copy_from_slice(&3u64.to_le_bytes());
+        mem.write_slice(&raw, GuestAddress(HDR)).unwrap();
+        vq.add_desc_chains(
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF, 512, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut blk = Block::open(file.path(), true, "mock").unwrap();
+        let (irq, _evt) = interrupt();
+        blk.activate(mem.clone(), irq, vec![vq.create_queue::<Queue>().unwrap()])
+            .unwrap();
+        blk.process_queue(0).unwrap();
+        assert_eq!(vq.used().idx().load(), 1);
+        let elem = vq.used().ring().ref_at(0).unwrap().load();
+        assert_eq!((elem.id(), elem.len()), (0, 513));
+        assert_eq!(byte_at(&mem, STATUS), VIRTIO_BLK_S_OK);
+        assert_eq!(byte_at(&mem, BUF + 5), pattern(3 * 512 + 5));
+    }
+
+    #[test]
+    fn features_and_config() {
+        let fx = Fixture::new();
+        let (blk, _) = fx.block(true);
+        assert_eq!(blk.device_type(), TYPE_BLOCK);
+        let f = blk.features();
+        assert_ne!(f & (1 << VIRTIO_F_VERSION_1), 0);
+        assert_ne!(f & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_ne!(f & (1 << VIRTIO_BLK_F_FLUSH), 0);
+        let mut cap = [0u8; 8];
+        blk.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), DISK_SECTORS);
+        // Partial and out-of-range config reads.
+        let mut b = [0xffu8; 4];
+        blk.read_config(4, &mut b);
+        assert_eq!(b, [0; 4]);
+        blk.read_config(u64::MAX, &mut b);
+        assert_eq!(b, [0; 4]);
+        let (rw, _) = fx.block(false);
+        assert_eq!(rw.features() & (1 << VIRTIO_BLK_F_RO), 0);
+    }
+
+    #[test]
+    fn read_request_fills_buffer_and_reports_length() {
+        let fx = Fixture::new();
+        let (mut blk, evt) = fx.block(false);
+        fx.header(VIRTIO_BLK_T_IN, 2);
+        let (id, len) = submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF, 512, NEXT | WRITE, 2),
+                desc(BUF + 512, 512, NEXT | WRITE, 3),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!((id, len), (0, 1024 + 1));
+        assert_eq!(fx.status(), VIRTIO_BLK_S_OK);
+        let mut got = vec![0u8; 1024];
+        fx.mem.read_slice(&mut got, GuestAddress(BUF)).unwrap();
+        let want: Vec<u8> = (1024..2048).map(pattern).collect();
+        assert_eq!(got, want);
+        assert_eq!(evt.read().unwrap(), 1, "used-ring interrupt");
+    }
+
+    #[test]
+    fn write_request_reaches_the_file_then_flush() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        fx.mem.write_slice(&[0x5a; 512], GuestAddress(BUF)).unwrap();
+        fx.header(VIRTIO_BLK_T_OUT, 7);
+        let (_, len) = submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF, 512, NEXT, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(len, 1);
+        assert_eq!(fx.status(), VIRTIO_BLK_S_OK);
+        let disk = fx.disk_bytes();
+        assert!(disk[7 * 512..].iter().all(|&b| b == 0x5a));
+        assert_eq!(disk[7 * 512 - 1], pattern(7 * 512 - 1));
+
+        fx.header(VIRTIO_BLK_T_FLUSH, 0);
+        let (_, len) = submit(
+            &fx,
+            &mut blk,
+            &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+        );
+        assert_eq!(len, 1);
+        assert_eq!(fx.status(), VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn get_id_returns_serial() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(true);
+        fx.header(VIRTIO_BLK_T_GET_ID, 0);
+        let (_, len) = submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF, 20, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(len, 21);
+        assert_eq!(fx.status(), VIRTIO_BLK_S_OK);
+        let mut id = [0u8; 20];
+        fx.mem.read_slice(&mut id, GuestAddress(BUF)).unwrap();
+        assert_eq!(&id[..13], b"vessel-disk-0");
+        assert!(id[13..].iter().all(|&b| b == 0));
+
+        // A short buffer gets a prefix; the used length says how much.
+        fx.header(VIRTIO_BLK_T_GET_ID, 0);
+        let (_, len) = submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF + 0x100, 6, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(len, 7);
+        let mut id = [0u8; 6];
+        fx.mem
+            .read_slice(&mut id, GuestAddress(BUF + 0x100))
+            .unwrap();
+        assert_eq!(&id, b"vessel");
+    }
+
+    #[test]
+    fn zero_length_read_succeeds_without_data() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        fx.header(VIRTIO_BLK_T_IN, DISK_SECTORS);
+        let (_, len) = submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF, 0, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(len, 1);
+        assert_eq!(fx.status(), VIRTIO_BLK_S_OK);
+    }
+
+    #[test]
+    fn buffers_crossing_memory_regions_work() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        let straddle = REGION_SPLIT - 256;
+        fx.header(VIRTIO_BLK_T_IN, 0);
+        let (_, len) = submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(straddle, 1024, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(len, 1025);
+        assert_eq!(fx.status(), VIRTIO_BLK_S_OK);
+        let mut got = vec![0u8; 1024];
+        fx.mem.read_slice(&mut got, GuestAddress(straddle)).unwrap();
+        assert_eq!(got, (0..1024).map(pattern).collect::<Vec<_>>());
+
+        // And a write from a straddling buffer.
+        fx.mem
+            .write_slice(&[0x11; 512], GuestAddress(straddle))
+            .unwrap();
+        fx.header(VIRTIO_BLK_T_OUT, 1);
+        submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(straddle, 512, NEXT, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(fx.status(), VIRTIO_BLK_S_OK);
+        assert!(fx.disk_bytes()[512..1024].iter().all(|&b| b == 0x11));
+    }
+
+    #[test]
+    fn out_of_range_sectors_are_io_errors() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        for sector in [DISK_SECTORS, DISK_SECTORS - 1 + 1, u64::MAX, u64::MAX / 512] {
+            fx.header(VIRTIO_BLK_T_IN, sector);
+            let (_, len) = submit(
+                &fx,
+                &mut blk,
+                &[
+                    desc(HDR, 16, NEXT, 1),
+                    desc(BUF, 512, NEXT | WRITE, 2),
+                    desc(STATUS, 1, WRITE, 0),
+                ],
+            );
+            assert_eq!(len, 1, "sector {sector}");
+            assert_eq!(fx.status(), VIRTIO_BLK_S_IOERR, "sector {sector}");
+        }
+        // The last sector itself is fine; one more byte past it is not.
+        fx.header(VIRTIO_BLK_T_OUT, DISK_SECTORS - 1);
+        submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF, 1024, NEXT, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(fx.status(), VIRTIO_BLK_S_IOERR);
+        assert_eq!(
+            fx.disk_bytes().len() as u64,
+            DISK_SECTORS * 512,
+            "file must not grow"
+        );
+    }
+
+    #[test]
+    fn writes_to_a_read_only_disk_fail() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(true);
+        let before = fx.disk_bytes();
+        fx.mem.write_slice(&[0xee; 512], GuestAddress(BUF)).unwrap();
+        fx.header(VIRTIO_BLK_T_OUT, 0);
+        let (_, len) = submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF, 512, NEXT, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(len, 1);
+        assert_eq!(fx.status(), VIRTIO_BLK_S_IOERR);
+        assert_eq!(fx.disk_bytes(), before);
+        // The file was opened read-only, too: the OS would refuse the write anyway.
+        assert!(blk.file.metadata().is_ok());
+    }
+
+    #[test]
+    fn malformed_requests_get_ioerr_or_unsupp() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        let cases: Vec<(&str, u32, Vec<virtio_queue::desc::RawDescriptor>, u8)> = vec![
+            (
+                "length not a multiple of 512",
+                VIRTIO_BLK_T_IN,
+                vec![
+                    desc(HDR, 16, NEXT, 1),
+                    desc(BUF, 100, NEXT | WRITE, 2),
+                    desc(STATUS, 1, WRITE, 0),
+                ],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "read into a device-readable buffer",
+                VIRTIO_BLK_T_IN,
+                vec![
+                    desc(HDR, 16, NEXT, 1),
+                    desc(BUF, 512, NEXT, 2),
+                    desc(STATUS, 1, WRITE, 0),
+                ],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "write from a device-writable buffer",
+                VIRTIO_BLK_T_OUT,
+                vec![
+                    desc(HDR, 16, NEXT, 1),
+                    desc(BUF, 512, NEXT | WRITE, 2),
+                    desc(STATUS, 1, WRITE, 0),
+                ],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "header too short",
+                VIRTIO_BLK_T_IN,
+                vec![desc(HDR, 8, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "header device-writable",
+                VIRTIO_BLK_T_IN,
+                vec![desc(HDR, 16, NEXT | WRITE, 1), desc(STATUS, 1, WRITE, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "only a status descriptor",
+                VIRTIO_BLK_T_IN,
+                vec![desc(STATUS, 1, WRITE, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "data outside guest memory",
+                VIRTIO_BLK_T_IN,
+                vec![
+                    desc(HDR, 16, NEXT, 1),
+                    desc(MEM_END - 512, 1024, NEXT | WRITE, 2),
+                    desc(STATUS, 1, WRITE, 0),
+                ],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "header outside guest memory",
+                VIRTIO_BLK_T_IN,
+                vec![desc(u64::MAX - 8, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "unknown request type",
+                0x1234,
+                vec![desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+                VIRTIO_BLK_S_UNSUPP,
+            ),
+            (
+                "get-id into a readable buffer",
+                VIRTIO_BLK_T_GET_ID,
+                vec![
+                    desc(HDR, 16, NEXT, 1),
+                    desc(BUF, 20, NEXT, 2),
+                    desc(STATUS, 1, WRITE, 0),
+                ],
+                VIRTIO_BLK_S_IOERR,
+            ),
+        ];
+        for (name, req_type, descs, want) in cases {
+            fx.header(req_type, 0);
+            let (_, len) = submit(&fx, &mut blk, &descs);
+            assert_eq!(fx.status(), want, "{name}");
+            assert!(len <= 1, "{name}: used length {len}");
+        }
+    }
+
+    #[test]
+    fn chains_without_a_usable_status_descriptor_are_returned_empty() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        let cases: Vec<(&str, Vec<virtio_queue::desc::RawDescriptor>)> = vec![
+            (
+                "status not writable",
+                vec![desc(HDR, 16, NEXT, 1), desc(STATUS, 1, 0, 0)],
+            ),
+            (
+                "status zero length",
+                vec![desc(HDR, 16, NEXT, 1), desc(STATUS, 0, WRITE, 0)],
+            ),
+            (
+                "status outside memory",
+                vec![desc(HDR, 16, NEXT, 1), desc(MEM_END, 1, WRITE, 0)],
+            ),
+            // 0 -> 1 -> 0 -> ...: the iterator gives up at the queue size.
+            (
+                "descriptor loop",
+                vec![desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE | NEXT, 0)],
+            ),
+            (
+                "next index beyond the table",
+                vec![desc(HDR, 16, NEXT, QSIZE + 3)],
+            ),
+        ];
+        for (name, descs) in cases {
+            fx.header(VIRTIO_BLK_T_IN, 0);
+            let (_, len) = submit(&fx, &mut blk, &descs);
+            assert_eq!(len, 0, "{name}");
+            assert_eq!(fx.status(), 0xaa, "{name}: status must be untouched");
+        }
+        // The device still works afterwards.
+        fx.header(VIRTIO_BLK_T_IN, 0);
+        let (_, len) = submit(
+            &fx,
+            &mut blk,
+            &[
+                desc(HDR, 16, NEXT, 1),
+                desc(BUF, 512, NEXT | WRITE, 2),
+                desc(STATUS, 1, WRITE, 0),
+            ],
+        );
+        assert_eq!(len, 513);
+    }
+
+    #[test]
+    fn indirect_descriptor_tables_are_followed() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        let table = DATA_BASE + 0x4000;
+        for (i, d) in [
+            desc(HDR, 16, NEXT, 1),
+            desc(BUF, 512, NEXT | WRITE, 2),
+            desc(STATUS, 1, WRITE, 0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            fx.mem
+                .write_obj(*d, GuestAddress(table + 16 * i as u64))
+                .unwrap();
+        }
+        fx.header(VIRTIO_BLK_T_IN, 1);
+        let (_, len) = submit(&fx, &mut blk, &[desc(table, 48, INDIRECT, 0)]);
+        assert_eq!(len, 513);
+        assert_eq!(fx.status(), VIRTIO_BLK_S_OK);
+        assert_eq!(byte_at(&fx.mem, BUF), pattern(512));
+
+        // An indirect table whose length is not a whole number of descriptors,
+        // and one nested inside another, are refused without touching memory.
+        fx.header(VIRTIO_BLK_T_IN, 1);
+        let (_, len) = submit(&fx, &mut blk, &[desc(table, 47, INDIRECT, 0)]);
+        assert_eq!(len, 0);
+        fx.mem
+            .write_obj(desc(table, 48, INDIRECT, 0), GuestAddress(table + 0x100))
+            .unwrap();
+        let (_, len) = submit(&fx, &mut blk, &[desc(table + 0x100, 16, INDIRECT, 0)]);
+        assert_eq!(len, 0);
+        assert_eq!(fx.status(), 0xaa);
+    }
+
+    #[test]
+    fn bogus_avail_index_is_a_device_error() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        let vq = fx.vq();
+        // More entries published than the queue holds.
+        vq.set_avail_idx(&fx.mem, QSIZE + 1);
+        assert!(matches!(
+            blk.process_queue(0),
+            Err(DeviceError::Queue { index: 0, .. })
+        ));
+        // A head index outside the table cannot be returned either.
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        let vq = fx.vq();
+        vq.publish(&fx.mem, 0, &[], &[QSIZE + 1]);
+        assert!(blk.process_queue(0).is_err());
+        assert!(matches!(
+            blk.process_queue(1),
+            Err(DeviceError::NoSuchQueue(1))
+        ));
+    }
+
+    #[test]
+    fn reset_stops_the_device() {
+        let fx = Fixture::new();
+        let (mut blk, _) = fx.block(false);
+        blk.reset();
+        fx.header(VIRTIO_BLK_T_IN, 0);
+        let vq = fx.vq();
+        vq.publish(
+            &fx.mem,
+            0,
+            &[desc(HDR, 16, NEXT, 1), desc(STATUS, 1, WRITE, 0)],
+            &[0],
+        );
+        blk.process_queue(0).unwrap();
+        assert_eq!(vq.used_idx(&fx.mem), 0);
+        assert_eq!(fx.status(), 0xaa);
+        assert!(matches!(
+            blk.activate(fx.mem.clone(), interrupt().0, vec![]),
+            Err(DeviceError::QueueCount {
+                expected: 1,
+                got: 0
+            })
+        ));
+    }
+}

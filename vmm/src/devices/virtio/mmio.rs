@@ -470,3 +470,297 @@ impl BusDevice for MmioTransport {
         self.write_reg(offset, value);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::block::{self, Block};
+    use crate::devices::virtio::test_utils::*;
+    use crate::devices::virtio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+    use std::io::Write;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const QSIZE: u16 = 16;
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn block_transport(mem: &GuestMemoryMmap) -> (MmioTransport, tempfile::NamedTempFile) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(&[0x42; 4096]).unwrap();
+        let blk = Block::open(f.path(), false, "t").unwrap();
+        (MmioTransport::new(mem.clone(), Box::new(blk)).unwrap(), f)
+    }
+
+    fn negotiate(t: &mut MmioTransport, features: u64) -> bool {
+        w(t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(t, REG_DRIVER_FEATURES_SEL, 0);
+        w(t, REG_DRIVER_FEATURES, features as u32);
+        w(t, REG_DRIVER_FEATURES_SEL, 1);
+        w(t, REG_DRIVER_FEATURES, (features >> 32) as u32);
+        w(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        r(t, REG_STATUS) & STATUS_FEATURES_OK != 0
+    }
+
+    fn setup_queue(t: &mut MmioTransport, index: u32, q: DriverQueue) {
+        w(t, REG_QUEUE_SEL, index);
+        w(t, REG_QUEUE_NUM, u32::from(q.size));
+        w(t, REG_QUEUE_DESC_LOW, q.desc as u32);
+        w(t, REG_QUEUE_DESC_HIGH, (q.desc >> 32) as u32);
+        w(t, REG_QUEUE_DRIVER_LOW, q.avail as u32);
+        w(t, REG_QUEUE_DRIVER_HIGH, (q.avail >> 32) as u32);
+        w(t, REG_QUEUE_DEVICE_LOW, q.used as u32);
+        w(t, REG_QUEUE_DEVICE_HIGH, (q.used >> 32) as u32);
+        w(t, REG_QUEUE_READY, 1);
+    }
+
+    const ALL_OK: u32 = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+
+    fn version_1() -> u64 {
+        1 << VIRTIO_F_VERSION_1
+    }
+
+    #[test]
+    fn identification_registers() {
+        let mem = two_region_mem();
+        let (mut t, _f) = block_transport(&mem);
+        assert_eq!(r(&mut t, REG_MAGIC), 0x7472_6976);
+        assert_eq!(r(&mut t, REG_VERSION), 2);
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 2);
+        assert_eq!(r(&mut t, REG_VENDOR_ID), VENDOR_ID);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), u32::from(block::QUEUE_SIZE));
+        w(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0, "queue 1 does not exist");
+        // Features, page by page.
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 1, "VERSION_1 is bit 32");
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 0);
+        let low = r(&mut t, REG_DEVICE_FEATURES);
+        assert_ne!(low & (1 << block::VIRTIO_BLK_F_FLUSH), 0);
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 7);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 0);
+        // Config space: capacity = 8 sectors, readable at any width.
+        let mut cap = [0u8; 8];
+        t.read(CONFIG_SPACE, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 8);
+        let mut one = [0u8; 1];
+        t.read(CONFIG_SPACE, &mut one);
+        assert_eq!(one[0], 8);
+        // Narrow and misaligned register reads are 0, not a partial register.
+        let mut two = [0xffu8; 2];
+        t.read(REG_MAGIC, &mut two);
+        assert_eq!(two, [0, 0]);
+        let mut four = [0xffu8; 4];
+        t.read(REG_MAGIC + 1, &mut four);
+        assert_eq!(four, [0; 4]);
+    }
+
+    #[test]
+    fn feature_negotiation_refuses_unoffered_bits_and_legacy_drivers() {
+        let mem = two_region_mem();
+        let (mut t, _f) = block_transport(&mem);
+        // A bit the device never offered (VIRTIO_BLK_F_RO on a writable disk).
+        assert!(!negotiate(
+            &mut t,
+            version_1() | (1 << block::VIRTIO_BLK_F_RO)
+        ));
+        assert_eq!(r(&mut t, REG_STATUS), STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, REG_STATUS, 0);
+        // No VIRTIO_F_VERSION_1: a legacy driver.
+        assert!(!negotiate(&mut t, 1 << block::VIRTIO_BLK_F_FLUSH));
+        w(&mut t, REG_STATUS, 0);
+        // A bit in a feature page beyond 64.
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 2);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        assert!(!negotiate(&mut t, version_1()));
+        w(&mut t, REG_STATUS, 0);
+        // FEATURES_OK before DRIVER: refused.
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_FEATURES_OK);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        w(&mut t, REG_STATUS, 0);
+        // A proper subset is accepted.
+        assert!(negotiate(
+            &mut t,
+            version_1() | (1 << block::VIRTIO_BLK_F_FLUSH)
+        ));
+        // Features are frozen after FEATURES_OK.
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 0);
+        w(&mut t, REG_DRIVER_FEATURES, 1 << block::VIRTIO_BLK_F_RO);
+        assert_eq!(t.driver_features & (1 << block::VIRTIO_BLK_F_RO), 0);
+        // Clearing bits other than by reset is ignored.
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn queue_rings_outside_memory_are_not_enabled() {
+        let mem = two_region_mem();
+        let (mut t, _f) = block_transport(&mem);
+        assert!(negotiate(&mut t, version_1()));
+        // Used ring past the end of guest memory.
+        let mut q = DriverQueue::layout(QUEUE_BASE, QSIZE);
+        q.used = MEM_END - 8;
+        setup_queue(&mut t, 0, q);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+        // Queue sizes that are not powers of two, or too big, are refused.
+        w(&mut t, REG_QUEUE_NUM, 3);
+        assert_eq!(t.queues[0].size(), QSIZE);
+        w(&mut t, REG_QUEUE_NUM, 512);
+        assert_eq!(t.queues[0].size(), QSIZE);
+        // DRIVER_OK with the queue not ready: the device asks for a reset.
+        let (irq_before, _) = (t.interrupt.status(), ());
+        assert_eq!(irq_before, 0);
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert!(!t.is_activated());
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(t.interrupt_evt().read().unwrap(), 1);
+        // Reset recovers.
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn full_probe_then_request_via_ioeventfd_and_mmio_notify() {
+        let mem = two_region_mem();
+        let (mut t, _f) = block_transport(&mem);
+        assert!(negotiate(&mut t, version_1()));
+        let q = DriverQueue::new(&mem, QUEUE_BASE, QSIZE);
+        setup_queue(&mut t, 0, q);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 1);
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert!(t.is_activated());
+        assert_eq!(r(&mut t, REG_STATUS), ALL_OK);
+        // Queue registers are frozen once running.
+        w(&mut t, REG_QUEUE_DESC_LOW, 0x8000);
+        assert_eq!(t.queues[0].desc_table(), q.desc);
+
+        // A GET_ID request, signalled through the queue's eventfd as KVM would.
+        let hdr = DATA_BASE;
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&block::VIRTIO_BLK_T_GET_ID.to_le_bytes());
+        mem.write_slice(&raw, GuestAddress(hdr)).unwrap();
+        q.publish(
+            &mem,
+            0,
+            &[
+                desc(hdr, 16, NEXT, 1),
+                desc(hdr + 0x100, 20, NEXT | WRITE, 2),
+                desc(hdr + 0x200, 1, WRITE, 0),
+            ],
+            &[0],
+        );
+        t.queue_evts()[0].write(1).unwrap();
+        t.handle_queue_event(0);
+        assert_eq!(q.used_idx(&mem), 1);
+        assert_eq!(q.used(&mem, 0), (0, 21));
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+        assert_eq!(t.interrupt_evt().read().unwrap(), 1);
+        w(&mut t, REG_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+        assert_eq!(r(&mut t, REG_INTERRUPT_STATUS), 0);
+
+        // The same through a plain MMIO write to QueueNotify.
+        q.publish(&mem, 0, &[], &[0]);
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(q.used_idx(&mem), 2);
+        // Notifying a queue that does not exist is ignored.
+        w(&mut t, REG_QUEUE_NOTIFY, 9);
+        t.handle_queue_event(9);
+        assert_eq!(r(&mut t, REG_STATUS), ALL_OK);
+    }
+
+    #[test]
+    fn reset_clears_queues_and_stops_the_device() {
+        let mem = two_region_mem();
+        let (mut t, _f) = block_transport(&mem);
+        assert!(negotiate(&mut t, version_1()));
+        let q = DriverQueue::new(&mem, QUEUE_BASE, QSIZE);
+        setup_queue(&mut t, 0, q);
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert!(t.is_activated());
+
+        w(&mut t, REG_STATUS, 0);
+        assert!(!t.is_activated());
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        w(&mut t, REG_QUEUE_SEL, 0);
+        assert_eq!(r(&mut t, REG_QUEUE_READY), 0);
+        assert_eq!(t.driver_features, 0);
+        // A notification after reset does nothing.
+        q.publish(
+            &mem,
+            0,
+            &[
+                desc(DATA_BASE, 16, NEXT, 1),
+                desc(DATA_BASE + 0x200, 1, WRITE, 0),
+            ],
+            &[0],
+        );
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_eq!(q.used_idx(&mem), 0);
+
+        // And the device can be brought up again.
+        assert!(negotiate(&mut t, version_1()));
+        let q2 = DriverQueue::new(&mem, QUEUE_BASE + 0x2000, QSIZE);
+        setup_queue(&mut t, 0, q2);
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert!(t.is_activated());
+    }
+
+    #[test]
+    fn hostile_avail_index_leads_to_needs_reset() {
+        let mem = two_region_mem();
+        let (mut t, _f) = block_transport(&mem);
+        assert!(negotiate(&mut t, version_1()));
+        let q = DriverQueue::new(&mem, QUEUE_BASE, QSIZE);
+        setup_queue(&mut t, 0, q);
+        w(&mut t, REG_STATUS, ALL_OK);
+        q.set_avail_idx(&mem, 1000);
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG, 0);
+        // The driver cannot clear NEEDS_RESET by writing status; only reset does.
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+    }
+
+    #[test]
+    fn arbitrary_register_writes_do_not_panic() {
+        let mem = two_region_mem();
+        let (mut t, _f) = block_transport(&mem);
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let off = (seed >> 8) % 0x140;
+            let val = (seed >> 20) as u32;
+            let width = [1usize, 2, 4, 8][(seed & 3) as usize];
+            let bytes = u64::from(val).to_le_bytes();
+            if seed & 0x10 == 0 {
+                t.write(off & !3, &bytes[..width]);
+            } else {
+                let mut buf = [0u8; 8];
+                t.read(off, &mut buf[..width]);
+            }
+        }
+        t.write(u64::MAX, &[1, 2, 3, 4]);
+        let mut b = [0u8; 4];
+        t.read(u64::MAX - 1, &mut b);
+    }
+}
