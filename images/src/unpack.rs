@@ -30,7 +30,7 @@ use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use tar::EntryType;
 
-use resolve::{open_dir_in_root, Resolver};
+use resolve::{make_dir_all_in_root, open_dir_in_root, Resolver};
 
 /// Prefix of a whiteout entry's base name.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -428,34 +428,11 @@ impl Extractor {
                 })
             }
         }
-        // Create each missing prefix in turn; resolution restarts from the root each
-        // time so a symlink met on the way is still confined.
-        for i in 1..=comps.len() {
-            match open_dir_in_root(self.root(), &comps[..i], self.how) {
-                Ok(_) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    let above = open_dir_in_root(self.root(), &comps[..i - 1], self.how).map_err(
-                        |source| UnpackError::Io {
-                            entry: name.to_string(),
-                            op: "opening parent directory",
-                            source,
-                        },
-                    )?;
-                    rustix::fs::mkdirat(&above, comps[i - 1], Mode::from_raw_mode(0o755))
-                        .map_err(io_err(name, "creating parent directory"))?;
-                }
-                Err(source) => {
-                    return Err(UnpackError::Io {
-                        entry: name.to_string(),
-                        op: "opening parent directory",
-                        source,
-                    })
-                }
-            }
-        }
-        open_dir_in_root(self.root(), &comps, self.how).map_err(|source| UnpackError::Io {
+        // Create what is missing, following symlinks inside the root so that a
+        // dangling link (say /var/run -> /run) gets its target made, as docker does.
+        make_dir_all_in_root(self.root(), &comps).map_err(|source| UnpackError::Io {
             entry: name.to_string(),
-            op: "opening parent directory",
+            op: "creating parent directories",
             source,
         })
     }

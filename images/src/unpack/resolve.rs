@@ -79,8 +79,18 @@ pub(crate) fn open_dir_in_root(
                 in_root(),
             )?)
         }
-        Resolver::Walk => walk(root, components),
+        Resolver::Walk => walk(root, components, false),
     }
+}
+
+/// Like [`open_dir_in_root`], creating missing directories (mode 0755) where
+/// the path, or the target of a symlink on it, leads to nothing yet. Every
+/// directory is created inside the root: a dangling `/run` link makes `run/`.
+pub(crate) fn make_dir_all_in_root(
+    root: BorrowedFd<'_>,
+    components: &[&[u8]],
+) -> io::Result<OwnedFd> {
+    walk(root, components, true)
 }
 
 /// `a/b/c`, or `.` for the root itself.
@@ -91,8 +101,9 @@ fn join(components: &[&[u8]]) -> Vec<u8> {
     components.join(&b'/')
 }
 
-/// The user-space equivalent of RESOLVE_IN_ROOT for a path that must end at a directory.
-fn walk(root: BorrowedFd<'_>, components: &[&[u8]]) -> io::Result<OwnedFd> {
+/// The user-space equivalent of RESOLVE_IN_ROOT for a path that must end at a
+/// directory; with `create`, missing components are made as directories.
+fn walk(root: BorrowedFd<'_>, components: &[&[u8]], create: bool) -> io::Result<OwnedFd> {
     // Directories entered so far; empty means "at the root".
     let mut stack: Vec<OwnedFd> = Vec::new();
     let mut todo: VecDeque<Vec<u8>> = components.iter().map(|c| c.to_vec()).collect();
@@ -109,7 +120,13 @@ fn walk(root: BorrowedFd<'_>, components: &[&[u8]]) -> io::Result<OwnedFd> {
             _ => {}
         }
         let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(top, c.as_slice(), flags, Mode::empty())?;
+        let fd = match rustix::fs::openat(top, c.as_slice(), flags, Mode::empty()) {
+            Err(rustix::io::Errno::NOENT) if create => {
+                rustix::fs::mkdirat(top, c.as_slice(), Mode::from_raw_mode(0o755))?;
+                rustix::fs::openat(top, c.as_slice(), flags, Mode::empty())?
+            }
+            other => other?,
+        };
         let st = rustix::fs::fstat(&fd)?;
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => stack.push(fd),

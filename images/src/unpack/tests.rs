@@ -249,9 +249,25 @@ fn breakout_symlink_absolute_host_path() {
             .symlink(target.to_str().unwrap(), "localetc")
             .file("/localetc/unbroken", b"unbroken")
             .done();
-        // Resolved in the root, the target does not exist there: refused or created inside, never outside.
-        let _ = fx.apply(t);
+        // Resolved in the root, the target does not exist there yet: it is made inside.
+        fx.ok(t);
+        let inside = target.strip_prefix("/").unwrap().join("unbroken");
+        assert_eq!(fx.read(inside.to_str().unwrap()), "unbroken");
         assert!(!fx.exists("etc/unbroken"));
+    });
+}
+
+#[test]
+fn dangling_symlink_parent_is_made_inside() {
+    each(|fx| {
+        fx.ok(T::new().dir("var", 0o755).symlink("/run", "var/run").done());
+        fx.ok(T::new().file("var/run/pid", b"1").done());
+        assert_eq!(fx.read("run/pid"), "1");
+        fx.ok(T::new()
+            .symlink("../../../../outside-of-root/x", "up")
+            .done());
+        fx.ok(T::new().file("up/y", b"2").done());
+        assert_eq!(fx.read("outside-of-root/x/y"), "2");
     });
 }
 
