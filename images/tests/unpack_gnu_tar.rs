@@ -80,7 +80,7 @@ fn gnu_tar_layer_round_trips_through_the_pipeline() {
     fs::set_permissions(src.join("etc/deep"), fs::Permissions::from_mode(0o555)).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("fifo"),
+        src.join("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o640),
         0,
