@@ -428,3 +428,294 @@ impl VirtioDevice for Console {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    const QSIZE: u16 = 16;
+    const RXQ: u64 = QUEUE_BASE;
+    const TXQ: u64 = QUEUE_BASE + 0x1000;
+
+    struct Fixture {
+        mem: GuestMemoryMmap,
+        console: Console,
+        host: UnixStream,
+        rx: DriverQueue,
+        tx: DriverQueue,
+        irq: EventFd,
+    }
+
+    fn fixture() -> Fixture {
+        let mem = two_region_mem();
+        let (host, guest_side) = UnixStream::pair().unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut console = Console::new(ConsoleBackend::from_stream(guest_side).unwrap());
+        let rx = DriverQueue::new(&mem, RXQ, QSIZE);
+        let tx = DriverQueue::new(&mem, TXQ, QSIZE);
+        let (interrupt, irq) = interrupt();
+        console
+            .activate(
+                mem.clone(),
+                interrupt,
+                vec![rx.device_queue(&mem), tx.device_queue(&mem)],
+            )
+            .unwrap();
+        Fixture {
+            mem,
+            console,
+            host,
+            rx,
+            tx,
+            irq,
+        }
+    }
+
+    #[test]
+    fn transmit_reaches_the_host() {
+        let mut fx = fixture();
+        fx.mem
+            .write_slice(b"hello, ", GuestAddress(DATA_BASE))
+            .unwrap();
+        // The second buffer straddles the two memory regions.
+        let straddle = REGION_SPLIT - 3;
+        fx.mem
+            .write_slice(b"world", GuestAddress(straddle))
+            .unwrap();
+        fx.tx.publish(
+            &fx.mem,
+            0,
+            &[
+                desc(DATA_BASE, 7, NEXT, 1),
+                desc(straddle, 5, 0, 0),
+                desc(DATA_BASE + 0x100, 0, 0, 0),
+            ],
+            &[0, 2],
+        );
+        fx.console.process_queue(1).unwrap();
+        let mut got = [0u8; 12];
+        fx.host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello, world");
+        assert_eq!(fx.tx.used_idx(&fx.mem), 2);
+        assert_eq!(fx.tx.used(&fx.mem, 0), (0, 0));
+        assert_eq!(fx.tx.used(&fx.mem, 1), (2, 0));
+        assert_eq!(fx.irq.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn transmit_skips_bad_buffers_without_crashing() {
+        let mut fx = fixture();
+        fx.mem.write_slice(b"ok", GuestAddress(DATA_BASE)).unwrap();
+        fx.tx.publish(
+            &fx.mem,
+            0,
+            &[
+                // Claims 4 GiB starting near the end of memory.
+                desc(MEM_END - 16, u32::MAX, 0, 0),
+                // Device-writable buffers are not output.
+                desc(DATA_BASE, 2, WRITE, 0),
+                desc(DATA_BASE, 2, 0, 0),
+            ],
+            &[0, 1, 2],
+        );
+        fx.console.process_queue(1).unwrap();
+        assert_eq!(fx.tx.used_idx(&fx.mem), 3);
+        // The oversized buffer is dropped (its first chunk already leaves guest
+        // memory), the writable one is not output, the good one is.
+        let mut got = [0u8; 2];
+        fx.host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
+        fx.host.set_nonblocking(true).unwrap();
+        assert!(
+            fx.host.read(&mut [0u8; 1]).is_err(),
+            "nothing else was sent"
+        );
+    }
+
+    #[test]
+    fn receive_waits_for_buffers_then_delivers() {
+        let mut fx = fixture();
+        fx.host.write_all(b"ping from host").unwrap();
+        // No receive buffers yet: the bytes are held, nothing is used.
+        assert_eq!(fx.console.process_backend().unwrap(), BackendStatus::Open);
+        assert_eq!(fx.console.pending_input(), 14);
+        assert_eq!(fx.rx.used_idx(&fx.mem), 0);
+        // Two small buffers: the input is split across them.
+        fx.rx.publish(
+            &fx.mem,
+            0,
+            &[
+                desc(DATA_BASE, 4, WRITE, 0),
+                desc(DATA_BASE + 0x100, 64, WRITE, 0),
+            ],
+            &[0, 1],
+        );
+        fx.console.process_queue(0).unwrap();
+        assert_eq!(fx.rx.used_idx(&fx.mem), 2);
+        assert_eq!(fx.rx.used(&fx.mem, 0), (0, 4));
+        assert_eq!(fx.rx.used(&fx.mem, 1), (1, 10));
+        let mut a = [0u8; 4];
+        let mut b = [0u8; 10];
+        fx.mem.read_slice(&mut a, GuestAddress(DATA_BASE)).unwrap();
+        fx.mem
+            .read_slice(&mut b, GuestAddress(DATA_BASE + 0x100))
+            .unwrap();
+        assert_eq!(&a, b"ping");
+        assert_eq!(&b, b" from host");
+        assert_eq!(fx.console.pending_input(), 0);
+        assert!(fx.irq.read().unwrap() >= 1);
+
+        // With a buffer already posted, new input goes straight in.
+        fx.rx
+            .publish(&fx.mem, 2, &[desc(DATA_BASE + 0x200, 64, WRITE, 0)], &[2]);
+        fx.host.write_all(b"again").unwrap();
+        fx.console.process_backend().unwrap();
+        assert_eq!(fx.rx.used(&fx.mem, 2), (2, 5));
+    }
+
+    #[test]
+    fn pending_input_is_bounded() {
+        let mut fx = fixture();
+        let chunk = vec![b'x'; 16 * 1024];
+        let writer = {
+            let mut host = fx.host.try_clone().unwrap();
+            std::thread::spawn(move || {
+                // More than MAX_PENDING; the socket buffer absorbs part, the rest
+                // blocks until the guest reads.
+                for _ in 0..8 {
+                    if host.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..10 {
+            fx.console.process_backend().unwrap();
+            assert!(fx.console.pending_input() <= MAX_PENDING);
+        }
+        assert_eq!(fx.console.pending_input(), MAX_PENDING);
+        // The guest drains it: 16 posted 4 KiB buffers, each re-posted once used.
+        let descs: Vec<_> = (0..QSIZE)
+            .map(|i| desc(DATA_BASE + u64::from(i) * 0x1000, 0x1000, WRITE, 0))
+            .collect();
+        let heads: Vec<u16> = (0..QSIZE).collect();
+        fx.rx.publish(&fx.mem, 0, &descs, &heads);
+        let mut total = 0usize;
+        let mut seen = 0u16;
+        for _ in 0..1000 {
+            fx.console.process_queue(0).unwrap();
+            let now = fx.rx.used_idx(&fx.mem);
+            while seen != now {
+                let (id, len) = fx.rx.used(&fx.mem, seen);
+                total += len as usize;
+                fx.rx.publish(&fx.mem, 0, &[], &[id as u16]);
+                seen = seen.wrapping_add(1);
+            }
+            if total == 8 * 16 * 1024 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            fx.console.process_backend().unwrap();
+            assert!(fx.console.pending_input() <= MAX_PENDING);
+        }
+        writer.join().unwrap();
+        assert_eq!(total, 8 * 16 * 1024);
+    }
+
+    #[test]
+    fn backend_eof_closes_input_cleanly() {
+        let mut fx = fixture();
+        fx.host.write_all(b"last words").unwrap();
+        fx.host.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(fx.console.process_backend().unwrap(), BackendStatus::Closed);
+        assert_eq!(fx.console.pending_input(), 10);
+        // Still delivered after EOF.
+        fx.rx
+            .publish(&fx.mem, 0, &[desc(DATA_BASE, 64, WRITE, 0)], &[0]);
+        fx.console.process_queue(0).unwrap();
+        assert_eq!(fx.rx.used(&fx.mem, 0), (0, 10));
+        assert_eq!(fx.console.process_backend().unwrap(), BackendStatus::Closed);
+    }
+
+    #[test]
+    fn vanished_host_does_not_kill_the_vmm() {
+        let mut fx = fixture();
+        drop(std::mem::replace(
+            &mut fx.host,
+            UnixStream::pair().unwrap().0,
+        ));
+        fx.mem
+            .write_slice(b"anyone?", GuestAddress(DATA_BASE))
+            .unwrap();
+        fx.tx.publish(&fx.mem, 0, &[desc(DATA_BASE, 7, 0, 0)], &[0]);
+        // EPIPE without SIGPIPE (MSG_NOSIGNAL): the chain is still returned.
+        fx.console.process_queue(1).unwrap();
+        assert_eq!(fx.tx.used_idx(&fx.mem), 1);
+        assert!(fx.console.output_failed);
+        assert_eq!(fx.console.process_backend().unwrap(), BackendStatus::Closed);
+    }
+
+    #[test]
+    fn fd_pair_backend_and_reset() {
+        let (in_r, mut in_w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut pipe = [0i32; 2];
+        // SAFETY: pipe() fills the two-element array.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: both fds were just created and are owned here only.
+        let (out_r, out_w) = unsafe {
+            use std::os::fd::FromRawFd;
+            (
+                std::fs::File::from_raw_fd(pipe[0]),
+                OwnedFd::from_raw_fd(pipe[1]),
+            )
+        };
+        let backend = ConsoleBackend::from_fds(Some(OwnedFd::from(in_r)), Some(out_w)).unwrap();
+        let mut console = Console::new(backend);
+        assert_eq!(console.device_type(), TYPE_CONSOLE);
+        assert!(console.backend_fd().is_some());
+        let mem = two_region_mem();
+        let rx = DriverQueue::new(&mem, RXQ, QSIZE);
+        let tx = DriverQueue::new(&mem, TXQ, QSIZE);
+        assert!(matches!(
+            console.activate(mem.clone(), interrupt().0, vec![rx.device_queue(&mem)]),
+            Err(DeviceError::QueueCount {
+                expected: 2,
+                got: 1
+            })
+        ));
+        console
+            .activate(
+                mem.clone(),
+                interrupt().0,
+                vec![rx.device_queue(&mem), tx.device_queue(&mem)],
+            )
+            .unwrap();
+        mem.write_slice(b"out", GuestAddress(DATA_BASE)).unwrap();
+        tx.publish(&mem, 0, &[desc(DATA_BASE, 3, 0, 0)], &[0]);
+        console.process_queue(1).unwrap();
+        let mut got = [0u8; 3];
+        let mut out_r = out_r;
+        out_r.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"out");
+        assert!(console.process_queue(2).is_err());
+
+        // After reset nothing is processed, and input stays pending for the next
+        // driver.
+        console.reset();
+        in_w.write_all(b"queued").unwrap();
+        console.process_backend().unwrap();
+        tx.publish(&mem, 1, &[desc(DATA_BASE, 3, 0, 0)], &[1]);
+        console.process_queue(1).unwrap();
+        assert_eq!(tx.used_idx(&mem), 1);
+        assert_eq!(console.pending_input(), 6);
+        let mut cfg = [0xffu8; 12];
+        console.read_config(0, &mut cfg);
+        assert_eq!(cfg, [0; 12]);
+    }
+}
