@@ -1,5 +1,6 @@
 //! vessel: run OCI container images in KVM microVMs, or in namespaces on the host kernel.
 
+mod boot;
 mod cli;
 
 fn main() -> std::process::ExitCode {

@@ -1,0 +1,44 @@
+//! The guest agent: PID 1 of every vessel microVM.
+//!
+//! Boot: mount the pseudo filesystems, load the kernel modules the host packed into the
+//! initramfs, open the channel (`/dev/hvc0`) and announce itself. Then it serves the host:
+//! assemble the container's root from the two disks, run the processes it is asked to run,
+//! stream their stdio, and power the VM off when the container's main process is done.
+//! Its log lines go to the console (the serial port), which the host shows on failure.
+
+mod channel;
+mod disks;
+mod modules;
+mod mounts;
+mod power;
+mod process;
+mod rootfs;
+mod supervisor;
+
+/// Writes one line to the console, prefixed so it stands out among the kernel's lines.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "vessel-agent: {}", format_args!($($arg)*));
+    }};
+}
+pub(crate) use log;
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("vessel-agent is the init of a vessel microVM; it only runs as PID 1");
+        std::process::exit(2);
+    }
+    if let Err(err) = run() {
+        log!("fatal: {err:#}");
+    }
+    power::off();
+}
+
+fn run() -> Result<(), String> {
+    mounts::early().map_err(|e| format!("mounting /proc, /sys, /dev: {e}"))?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    modules::load_all(std::path::Path::new("/modules"), &cmdline)?;
+    let chan = channel::open().map_err(|e| format!("opening the host channel: {e}"))?;
+    supervisor::serve(chan, &cmdline)
+}

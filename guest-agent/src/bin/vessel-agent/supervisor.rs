@@ -1,0 +1,317 @@
+//! Serving the host: dispatch its frames, run processes, stream their output, reap every
+//! child (we are PID 1, so orphans land here too), report exits, and power off at the end.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vessel_agent::{ExitStatus, FrameReader, FrameWriter, Message, SpawnErrorKind, StreamId};
+
+use crate::{log, power, process, rootfs};
+
+/// After a process exits, how long its output may take to drain (a daemonised grandchild
+/// can hold the pipe open forever; we do not wait for it).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the main process's exit is reported, how long to wait for the host's `Shutdown`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Output chunk size: well under the frame bound.
+const CHUNK: usize = 32 * 1024;
+
+type Writer = Arc<Mutex<FrameWriter<File>>>;
+
+struct Proc {
+    pid: u32,
+    stdin: Option<Sender<Option<Vec<u8>>>>,
+    tty: Option<File>,
+    outputs_done: Receiver<()>,
+    outputs: usize,
+}
+
+#[derive(Default)]
+struct State {
+    by_pid: HashMap<u32, StreamId>,
+    procs: HashMap<StreamId, Proc>,
+}
+
+fn send(w: &Writer, msg: Message) {
+    let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = w.write(&msg) {
+        log!("sending to the host: {e}");
+    }
+}
+
+/// Runs until the host asks for shutdown, the main process ends, or the channel breaks.
+pub fn serve(chan: File, _cmdline: &str) -> Result<(), String> {
+    let out = chan.try_clone().map_err(|e| e.to_string())?;
+    let writer: Writer = Arc::new(Mutex::new(FrameWriter::new(out)));
+    send(
+        &writer,
+        Message::Ready {
+            kernel: kernel_release(),
+        },
+    );
+    let state = Arc::new(Mutex::new(State::default()));
+    {
+        let (state, writer) = (state.clone(), writer.clone());
+        std::thread::spawn(move || reap(state, writer));
+    }
+    let mut root: Option<PathBuf> = None;
+    let mut reader = FrameReader::new(chan);
+    loop {
+        let msg = match reader.read() {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err("the host closed the channel".into()),
+            Err(e) => return Err(format!("bad frame from the host: {e}")),
+        };
+        match msg {
+            Message::Start { stream, spec } => {
+                if root.is_none() {
+                    match spec.rootfs.as_ref().map(rootfs::assemble) {
+                        Some(Ok(r)) => root = Some(r),
+                        Some(Err(message)) => {
+                            log!("assembling the root filesystem: {message}");
+                            send(
+                                &writer,
+                                Message::SpawnError {
+                                    stream,
+                                    kind: SpawnErrorKind::Other,
+                                    message: format!("assembling the root filesystem: {message}"),
+                                },
+                            );
+                            continue;
+                        }
+                        None => {
+                            send(
+                                &writer,
+                                Message::SpawnError {
+                                    stream,
+                                    kind: SpawnErrorKind::Other,
+                                    message: "the first start must describe the root filesystem"
+                                        .into(),
+                                },
+                            );
+                            continue;
+                        }
+                    }
+                }
+                let root = root.clone().expect("assembled above");
+                start(&state, &writer, &root, stream, &spec);
+            }
+            Message::Stdin { stream, data } => {
+                if let Some(tx) = state
+                    .lock()
+                    .unwrap()
+                    .procs
+                    .get(&stream)
+                    .and_then(|p| p.stdin.as_ref())
+                {
+                    let _ = tx.send(Some(data));
+                }
+            }
+            Message::StdinClose { stream } => {
+                if let Some(p) = state.lock().unwrap().procs.get_mut(&stream) {
+                    if let Some(tx) = p.stdin.take() {
+                        let _ = tx.send(None);
+                    }
+                }
+            }
+            Message::Signal { stream, signal } => {
+                if let Some(p) = state.lock().unwrap().procs.get(&stream) {
+                    // SAFETY: kill takes plain integers.
+                    unsafe { libc::kill(p.pid as libc::pid_t, signal) };
+                }
+            }
+            Message::Resize { stream, rows, cols } => {
+                if let Some(t) = state
+                    .lock()
+                    .unwrap()
+                    .procs
+                    .get(&stream)
+                    .and_then(|p| p.tty.as_ref())
+                {
+                    process::resize(t, rows, cols);
+                }
+            }
+            Message::Shutdown => return Ok(()),
+            other => log!(
+                "ignoring unexpected {:?} frame from the host",
+                kind_name(&other)
+            ),
+        }
+    }
+}
+
+fn kind_name(m: &Message) -> &'static str {
+    match m {
+        Message::Ready { .. } => "ready",
+        Message::Started { .. } => "started",
+        Message::Stdout { .. } => "stdout",
+        Message::Stderr { .. } => "stderr",
+        Message::Exit { .. } => "exit",
+        Message::SpawnError { .. } => "spawn-error",
+        _ => "host",
+    }
+}
+
+fn start(
+    state: &Arc<Mutex<State>>,
+    w: &Writer,
+    root: &std::path::Path,
+    stream: StreamId,
+    spec: &vessel_agent::ProcessSpec,
+) {
+    // Held across the spawn so the reaper cannot see the pid before it is registered.
+    let mut st = state.lock().unwrap();
+    if st.procs.contains_key(&stream) {
+        drop(st);
+        send(
+            w,
+            Message::SpawnError {
+                stream,
+                kind: SpawnErrorKind::Other,
+                message: format!("stream {stream} is already running a process"),
+            },
+        );
+        return;
+    }
+    let spawned = match process::spawn(root, spec) {
+        Ok(s) => s,
+        Err(e) => {
+            drop(st);
+            send(
+                w,
+                Message::SpawnError {
+                    stream,
+                    kind: e.kind,
+                    message: e.message,
+                },
+            );
+            return;
+        }
+    };
+    let (done_tx, done_rx) = mpsc::channel();
+    let (stdin_tx, stdin_rx) = mpsc::channel();
+    st.by_pid.insert(spawned.pid, stream);
+    st.procs.insert(
+        stream,
+        Proc {
+            pid: spawned.pid,
+            stdin: Some(stdin_tx),
+            tty: spawned.tty,
+            outputs_done: done_rx,
+            outputs: spawned.outputs.len(),
+        },
+    );
+    // Started goes out before any output so the host sees frames in a sensible order.
+    send(
+        w,
+        Message::Started {
+            stream,
+            pid: spawned.pid,
+        },
+    );
+    drop(st);
+    for (is_err, src) in spawned.outputs {
+        let (w, done) = (w.clone(), done_tx.clone());
+        std::thread::spawn(move || pump_output(w, stream, is_err, src, done));
+    }
+    let stdin = spawned.stdin;
+    std::thread::spawn(move || pump_stdin(stdin, stdin_rx));
+}
+
+fn pump_output(w: Writer, stream: StreamId, is_err: bool, mut src: File, done: Sender<()>) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match src.read(&mut buf) {
+            // EIO is how a terminal master says the last slave closed.
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(n) => {
+                let data = buf[..n].to_vec();
+                let msg = if is_err {
+                    Message::Stderr { stream, data }
+                } else {
+                    Message::Stdout { stream, data }
+                };
+                send(&w, msg);
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = done.send(());
+}
+
+fn pump_stdin(mut dst: File, rx: Receiver<Option<Vec<u8>>>) {
+    while let Ok(Some(data)) = rx.recv() {
+        if dst.write_all(&data).is_err() {
+            // The process closed its stdin; drain the channel so the sender never blocks.
+            while let Ok(Some(_)) = rx.recv() {}
+            return;
+        }
+    }
+}
+
+fn reap(state: Arc<Mutex<State>>, w: Writer) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid int.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            // ECHILD: nothing to wait for yet.
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let status = if libc::WIFSIGNALED(status) {
+            ExitStatus::Signal(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Code(libc::WEXITSTATUS(status))
+        };
+        let mut st = state.lock().unwrap();
+        let Some(stream) = st.by_pid.remove(&(pid as u32)) else {
+            continue; // an orphan reparented to us
+        };
+        let Some(proc) = st.procs.remove(&stream) else {
+            continue;
+        };
+        drop(st);
+        let w = w.clone();
+        std::thread::spawn(move || finish(w, stream, proc, status));
+    }
+}
+
+fn finish(w: Writer, stream: StreamId, proc: Proc, status: ExitStatus) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    for _ in 0..proc.outputs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if proc.outputs_done.recv_timeout(left).is_err() {
+            log!(
+                "stream {stream}: output still open {DRAIN_TIMEOUT:?} after exit; reporting anyway"
+            );
+            break;
+        }
+    }
+    send(&w, Message::Exit { stream, status });
+    if stream == 0 {
+        // The host answers with Shutdown; if it has gone, do not linger.
+        std::thread::sleep(SHUTDOWN_TIMEOUT);
+        log!("no shutdown from the host {SHUTDOWN_TIMEOUT:?} after the exit; powering off");
+        power::off();
+    }
+}
+
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname NUL-terminates release.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}

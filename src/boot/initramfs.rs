@@ -1,0 +1,88 @@
+//! Packing the guest's initramfs: the agent as `/init`, the modules it loads, and the
+//! few nodes the kernel needs before devtmpfs. Cached under the state root per kernel and
+//! agent, so a run pays for packing only once.
+
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::cpio::CpioWriter;
+use super::kernel::Kernel;
+use super::{agent, modules, BootError};
+
+/// Bumped whenever the archive's layout changes, so old caches are not reused.
+const FORMAT: u32 = 1;
+
+/// A packed initramfs.
+pub struct Initramfs {
+    /// The cpio archive.
+    pub path: PathBuf,
+    /// The agent binary inside it.
+    pub agent: PathBuf,
+}
+
+fn stamp(p: &Path) -> (u64, Option<SystemTime>) {
+    let m = std::fs::metadata(p).ok();
+    (
+        m.as_ref().map_or(0, |m| m.len()),
+        m.and_then(|m| m.modified().ok()),
+    )
+}
+
+/// The cached initramfs for `kernel`, packing it first if needed.
+pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
+    let agent = agent::find()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    FORMAT.hash(&mut h);
+    agent.hash(&mut h);
+    stamp(&agent).hash(&mut h);
+    kernel.modules.hash(&mut h);
+    if let Some(m) = &kernel.modules {
+        stamp(m).hash(&mut h);
+    }
+    modules::NEEDED.hash(&mut h);
+    let dir = root.join("boot");
+    let path = dir.join(format!("initramfs-{:016x}.cpio", h.finish()));
+    if path.is_file() {
+        return Ok(Initramfs { path, agent });
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| BootError::io(format!("creating {}", dir.display()), e))?;
+    let mods = match &kernel.modules {
+        Some(m) => modules::resolve(m, modules::NEEDED)?,
+        None => Vec::new(),
+    };
+    let agent_bin = std::fs::read(&agent)
+        .map_err(|e| BootError::io(format!("reading {}", agent.display()), e))?;
+    let tmp = dir.join(format!(".initramfs-{}.tmp", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut w = CpioWriter::new(std::io::BufWriter::new(file));
+        for d in ["dev", "proc", "sys", "run", "tmp", "modules"] {
+            w.dir(d, 0o755)?;
+        }
+        // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+        w.char_dev("dev/console", 0o600, 5, 1)?;
+        w.file("init", 0o755, &agent_bin)?;
+        let mut order = String::new();
+        for m in &mods {
+            let name = format!("{}.ko", m.name);
+            w.file(&format!("modules/{name}"), 0o644, &m.data)?;
+            order.push_str(&name);
+            order.push('\n');
+        }
+        w.file("modules/order", 0o644, order.as_bytes())?;
+        let mut out = w.finish()?;
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(BootError::io(format!("writing {}", tmp.display()), e));
+    }
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| BootError::io(format!("installing {}", path.display()), e))?;
+    Ok(Initramfs { path, agent })
+}

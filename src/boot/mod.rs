@@ -1,0 +1,55 @@
+//! Boot assets for VM isolation: which guest kernel to boot, and the initramfs that carries
+//! the guest agent and the kernel modules it needs.
+
+pub mod agent;
+pub mod cpio;
+pub mod initramfs;
+pub mod kernel;
+pub mod modules;
+
+use std::path::PathBuf;
+
+/// Failures while finding or preparing boot assets.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// No guest kernel was found anywhere discovery looks.
+    #[error("no guest kernel found (looked at: {0}); install one with `vessel kernel install` or pass --kernel")]
+    NoKernel(String),
+    /// The guest agent binary was not found or is unusable.
+    #[error("guest agent: {0}")]
+    Agent(String),
+    /// A needed kernel module is missing from the modules directory.
+    #[error("kernel module {name} not found under {dir} (and not built into the kernel)")]
+    MissingModule {
+        /// Module name.
+        name: String,
+        /// The modules directory searched.
+        dir: PathBuf,
+    },
+    /// A module file could not be parsed or decompressed.
+    #[error("kernel module {path}: {reason}")]
+    BadModule {
+        /// The module file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A host I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BootError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        BootError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! VM isolation: every container boots in a microVM of its own, with its own kernel.
+//!
+//! `start` finds the guest kernel, packs (or reuses) the initramfs with the guest agent,
+//! gets the image's ext4 disk and a fresh container disk, boots the VMM chosen for this
+//! host, waits for the agent, and asks it to run the container's process. The vessel
+//! process that called `start` supervises the VM: it owns the agent channel and serves a
+//! control socket so other vessel processes can `exec` and `kill`. See docs/vm-mode.md.
+
+mod builtin;
+pub mod choice;
+mod disk;
+mod machine;
+mod machine_spec;
+mod mux;
+mod process;
+mod qemu;
+mod stream;
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vessel_agent::{FrameWriter, Message, RootfsSpec};
+
+use super::{Backend, IsolationError, LaunchSpec, Process, Stdio, Target};
+use crate::boot;
+use crate::container::process::ProcessSpec;
+use choice::Vmm;
+use machine::Machine;
+use machine_spec::MachineSpec;
+use mux::Mux;
+use process::{ExecProcess, Timings, VmProcess};
+use stream::StreamEnd;
+
+/// Default guest memory when `--memory` is not given.
+const DEFAULT_MEMORY_MIB: u32 = 256;
+/// Smallest guest memory the Debian kernel and agent boot in comfortably.
+const MIN_MEMORY_MIB: u32 = 96;
+/// How long a boot may take before it is declared hung (TCG on a busy host is slow).
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent may take to assemble the root and start the process.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The VM backend.
+pub struct VmBackend;
+
+fn unavailable(msg: impl std::fmt::Display) -> IsolationError {
+    IsolationError::Unavailable(format!("VM isolation: {msg}"))
+}
+
+/// The guest's view of the process spec.
+fn agent_spec(p: &ProcessSpec, rootfs: Option<RootfsSpec>) -> vessel_agent::ProcessSpec {
+    vessel_agent::ProcessSpec {
+        argv: p.args.clone(),
+        env: p.env.clone(),
+        cwd: p.cwd.clone(),
+        uid: p.uid,
+        gid: p.gid,
+        groups: p.additional_gids.clone(),
+        tty: p.terminal,
+        rootfs,
+    }
+}
+
+/// The host TSC frequency in kHz; TCG guests need it on their command line because their
+/// own calibration against the emulated PIT fails often enough to hang boots.
+fn host_tsc_khz() -> Option<u64> {
+    if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
+        if let Ok(k) = s.trim().parse() {
+            return Some(k);
+        }
+    }
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+/// The guest kernel command line for a VMM.
+pub fn kernel_cmdline(vmm: Vmm, debug: bool) -> String {
+    let mut c = vec![
+        "console=ttyS0".to_string(),
+        "panic=-1".into(),
+        "rdinit=/init".into(),
+        "edd=off".into(),
+        "cryptomgr.notests".into(),
+        "8250.nr_uarts=1".into(),
+        "random.trust_cpu=on".into(),
+        if debug { "loglevel=7" } else { "loglevel=4" }.into(),
+    ];
+    match vmm {
+        Vmm::Builtin => c.push("reboot=k".into()),
+        Vmm::Qemu { kvm: false } => {
+            if let Some(khz) = host_tsc_khz() {
+                c.push(format!("tsc_early_khz={khz}"));
+            }
+        }
+        Vmm::Qemu { kvm: true } => {}
+    }
+    // A debugging aid (and how the tests break a boot on purpose).
+    if let Ok(extra) = std::env::var("VESSEL_KERNEL_ARGS") {
+        c.push(extra);
+    }
+    c.join(" ")
+}
+
+fn boot_timeout() -> Duration {
+    std::env::var("VESSEL_BOOT_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_BOOT_TIMEOUT)
+}
+
+/// The state root a container directory (`<root>/containers/<id>`) belongs to.
+fn state_root(dir: &Path) -> PathBuf {
+    dir.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn dup(fd: i32) -> Result<File, IsolationError> {
+    // SAFETY: F_DUPFD_CLOEXEC on a standard descriptor returns a new descriptor we own.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if n < 0 {
+        return Err(IsolationError::io(
+            "duplicating a standard stream",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: n is a fresh descriptor nothing else owns.
+    Ok(unsafe { File::from_raw_fd(n) })
+}
+
+/// The host end of a `-t` process: a pseudo-terminal whose master goes to the caller and
+/// whose slave, in raw mode (the guest's terminal already did the line discipline), carries
+/// the guest's bytes.
+fn host_pty() -> Result<(OwnedFd, File), IsolationError> {
+    let io = |e| IsolationError::io("allocating a terminal", e);
+    let pty = nix::pty::openpty(None, None).map_err(|e| io(std::io::Error::from(e)))?;
+    let mut t = nix::sys::termios::tcgetattr(&pty.slave).map_err(|e| io(e.into()))?;
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t)
+        .map_err(|e| io(e.into()))?;
+    for fd in [pty.master.as_raw_fd(), pty.slave.as_raw_fd()] {
+        // SAFETY: fcntl on descriptors we own only sets close-on-exec.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((pty.master, File::from(pty.slave)))
+}
+
+/// Output files, stdin source and optional terminal master for a process's stdio.
+fn wire(
+    stdio: Stdio,
+    terminal: bool,
+) -> Result<(File, File, File, Option<OwnedFd>), IsolationError> {
+    if terminal {
+        let (master, slave) = host_pty()?;
+        let c = |f: &File| {
+            f.try_clone()
+                .map_err(|e| IsolationError::io("duplicating the terminal", e))
+        };
+        return Ok((c(&slave)?, c(&slave)?, slave, Some(master)));
+    }
+    let pick = |fd: Option<OwnedFd>, std: i32| match fd {
+        Some(fd) => Ok(File::from(fd)),
+        None => dup(std),
+    };
+    Ok((
+        pick(stdio.stdout, 1)?,
+        pick(stdio.stderr, 2)?,
+        pick(stdio.stdin, 0)?,
+        None,
+    ))
+}
+
+/// Follows the kernel log onto stderr while the VM runs (`--debug`).
+fn follow_console(path: PathBuf, end: Arc<StreamEnd>) {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut pos = 0usize;
+        loop {
+            let done = end.is_done();
+            if let Ok(mut f) = File::open(&path) {
+                let mut buf = Vec::new();
+                if f.read_to_end(&mut buf).is_ok() && buf.len() > pos {
+                    let _ = std::io::stderr().write_all(&buf[pos..]);
+                    pos = buf.len();
+                }
+            }
+            if done {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}
+
+impl Backend for VmBackend {
+    fn start(&self, spec: &LaunchSpec, stdio: Stdio) -> Result<Box<dyn Process>, IsolationError> {
+        let begin = Instant::now();
+        let debug = spec.vm.debug;
+        let choice = choice::choose(&spec.vm.vmm).map_err(unavailable)?;
+        let root = state_root(&spec.dir);
+        let kernel =
+            boot::kernel::discover(&root, spec.vm.kernel.as_deref()).map_err(unavailable)?;
+        let initramfs = boot::initramfs::prepare(&root, &kernel).map_err(unavailable)?;
+        if debug {
+            eprintln!("vessel: vm backend: {} ({})", choice.vmm, choice.reason);
+            eprintln!(
+                "vessel: vm kernel: {} ({}), release {}, modules {}",
+                kernel.image.display(),
+                kernel.source,
+                kernel.release.as_deref().unwrap_or("unknown"),
+                kernel
+                    .modules
+                    .as_ref()
+                    .map_or("none".into(), |m| m.display().to_string())
+            );
+            eprintln!(
+                "vessel: vm initramfs: {} (agent {})",
+                initramfs.path.display(),
+                initramfs.agent.display()
+            );
+        }
+        let image_disk = disk::image_disk(&root, &spec.image_id, &spec.image_rootfs)
+            .map_err(|e| IsolationError::runtime("preparing the image disk", e))?;
+        let container_disk = disk::create_container_disk(&spec.dir)
+            .map_err(|e| IsolationError::runtime("creating the container disk", e))?;
+        let memory_mib = spec
+            .resources
+            .memory
+            .map(|b| (b >> 20).clamp(MIN_MEMORY_MIB as u64, 1 << 20) as u32)
+            .unwrap_or(DEFAULT_MEMORY_MIB);
+        let cpus = spec
+            .resources
+            .cpus
+            .map(|c| c.ceil().clamp(1.0, 64.0) as u8)
+            .unwrap_or(1);
+        let mspec = MachineSpec {
+            kernel: kernel.image.clone(),
+            initrd: initramfs.path.clone(),
+            cmdline: kernel_cmdline(choice.vmm, debug),
+            cpus,
+            memory_mib,
+            image_disk,
+            container_disk,
+            channel: spec.dir.join("agent.sock"),
+            console_log: spec.dir.join("console.log"),
+        };
+        let assets_ready = Instant::now();
+        let (stdout, stderr, stdin, pty) = wire(stdio, spec.process.terminal)?;
+        let end = Arc::new(StreamEnd::new(stdout, stderr));
+        if debug {
+            follow_console(mspec.console_log.clone(), end.clone());
+        }
+        let mut machine =
+            Machine::boot(&mspec, choice.vmm, &spec.dir, boot_timeout()).map_err(|m| {
+                IsolationError::Runtime {
+                    context: "booting the VM",
+                    message: m,
+                }
+            })?;
+        if debug {
+            eprintln!("vessel: vm guest kernel {} is up", machine.kernel_release);
+        }
+        let timings = Timings {
+            begin,
+            assets_ready,
+            vmm_started: machine.started_at,
+            agent_ready: machine.ready_at,
+        };
+        let channel = machine
+            .channel
+            .try_clone()
+            .map_err(|e| IsolationError::io("the VM channel", e))?;
+        let mux = Mux::start(channel).map_err(|e| IsolationError::io("the VM channel", e))?;
+        mux.attach_local(0, end.clone());
+        let rootfs = RootfsSpec {
+            hostname: spec.process.hostname.clone(),
+            readonly: spec.read_only,
+        };
+        let started = if mux.send(&Message::Start {
+            stream: 0,
+            spec: agent_spec(&spec.process, Some(rootfs)),
+        }) {
+            end.wait_started(START_TIMEOUT)
+        } else {
+            Err("the VM closed the agent channel".into())
+        };
+        if let Err(why) = started {
+            mux.send(&Message::Shutdown);
+            machine.stop(Duration::from_secs(3));
+            return Err(IsolationError::Runtime {
+                context: "starting the container's process in the VM",
+                message: machine.failure(&why),
+            });
+        }
+        {
+            let mux = mux.clone();
+            std::thread::spawn(move || stream::pump_stdin(stdin, 0, |m| mux.send(&m)));
+        }
+        mux.serve_control(mux::control_socket(&spec.dir))
+            .map_err(|e| IsolationError::io("serving the VM control socket", e))?;
+        Ok(Box::new(VmProcess {
+            machine: Mutex::new(machine),
+            mux,
+            end,
+            pty: Mutex::new(pty),
+            dir: spec.dir.clone(),
+            debug,
+            timings,
+        }))
+    }
+
+    fn exec(
+        &self,
+        target: &Target,
+        process: &ProcessSpec,
+        stdio: Stdio,
+    ) -> Result<Box<dyn Process>, IsolationError> {
+        let (stdout, stderr, stdin, pty) = wire(stdio, process.terminal)?;
+        let end = Arc::new(StreamEnd::new(stdout, stderr));
+        let p = ExecProcess::start(&target.dir, agent_spec(process, None), stdin, end, pty)?;
+        Ok(Box::new(p))
+    }
+
+    fn signal(&self, target: &Target, signal: i32) -> Result<(), IsolationError> {
+        let path = mux::control_socket(&target.dir);
+        let conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+            IsolationError::runtime(
+                "signalling the VM",
+                format!(
+                    "{} is not reachable (is the container running?): {e}",
+                    path.display()
+                ),
+            )
+        })?;
+        FrameWriter::new(conn)
+            .write(&Message::Signal { stream: 0, signal })
+            .map_err(|e| IsolationError::runtime("signalling the VM", e))
+    }
+
+    fn cleanup(&self, target: &Target) -> Result<(), IsolationError> {
+        let pidf = machine::pid_file(&target.dir);
+        if let Some(pid) = std::fs::read_to_string(&pidf)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            // Only a VMM of this container: its command line names the container directory.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let dir = target.dir.to_string_lossy();
+            if !cmdline.is_empty() && String::from_utf8_lossy(&cmdline).contains(dir.as_ref()) {
+                // SAFETY: kill takes plain integers; the pid was checked to be our VMM.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                    // SAFETY: reaping our own child if it is one; harmless otherwise.
+                    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        for f in [
+            pidf,
+            mux::control_socket(&target.dir),
+            target.dir.join("agent.sock"),
+            target.dir.join("vmm.json"),
+        ] {
+            match std::fs::remove_file(&f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(IsolationError::io(format!("removing {}", f.display()), e)),
+            }
+        }
+        Ok(())
+    }
+}

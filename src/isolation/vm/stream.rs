@@ -1,0 +1,168 @@
+//! The host's end of one guest process: where its output goes, and how it ended.
+//!
+//! The main process's frames arrive through the multiplexer; an exec session's through its
+//! control-socket connection. Both feed [`StreamEnd::handle`]. Frames are from the guest
+//! and so untrusted: anything unexpected is ignored or ends the stream with an error, and
+//! output can only go to the files the caller handed over.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use vessel_agent::{ExitStatus, Message, SpawnErrorKind, StreamId};
+
+/// docker's status when the command does not exist.
+const EXIT_NOT_FOUND: i32 = 127;
+/// docker's status when the command cannot be executed.
+const EXIT_CANNOT_INVOKE: i32 = 126;
+
+#[derive(Debug, Clone)]
+enum State {
+    Starting,
+    Running,
+    Done(Result<ExitStatus, String>),
+}
+
+/// Output sinks and completion state of one process.
+pub struct StreamEnd {
+    stdout: Mutex<Option<File>>,
+    stderr: Mutex<Option<File>>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl StreamEnd {
+    /// A stream writing to these files.
+    pub fn new(stdout: File, stderr: File) -> Self {
+        Self {
+            stdout: Mutex::new(Some(stdout)),
+            stderr: Mutex::new(Some(stderr)),
+            state: Mutex::new(State::Starting),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn set(&self, s: State) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*st, State::Done(_)) {
+            *st = s;
+        }
+        self.changed.notify_all();
+    }
+
+    fn finish(&self, r: Result<ExitStatus, String>) {
+        // Dropping the sinks closes them, so readers of a pipe or terminal see the end.
+        self.stdout.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.set(State::Done(r));
+    }
+
+    /// Applies one frame from the guest; returns true when the stream has ended.
+    pub fn handle(&self, msg: Message) -> bool {
+        match msg {
+            Message::Started { .. } => self.set(State::Running),
+            Message::Stdout { data, .. } => write(&self.stdout, &data),
+            Message::Stderr { data, .. } => write(&self.stderr, &data),
+            Message::Exit { status, .. } => {
+                self.finish(Ok(status));
+                return true;
+            }
+            Message::SpawnError { kind, message, .. } => {
+                // As in container mode: the reason on the process's stderr, docker's code.
+                let code = match kind {
+                    SpawnErrorKind::NotFound => EXIT_NOT_FOUND,
+                    SpawnErrorKind::NotExecutable => EXIT_CANNOT_INVOKE,
+                    SpawnErrorKind::Other => {
+                        self.finish(Err(message));
+                        return true;
+                    }
+                };
+                write(&self.stderr, format!("vessel: {message}\n").as_bytes());
+                self.finish(Ok(ExitStatus::Code(code)));
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+
+    /// Ends the stream with an error (channel lost, VM gone).
+    pub fn fail(&self, why: String) {
+        self.finish(Err(why));
+    }
+
+    /// Waits until the process runs or has ended; `Err` if it could not start.
+    pub fn wait_started(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match &*st {
+                State::Running | State::Done(Ok(_)) => return Ok(()),
+                State::Done(Err(e)) => return Err(e.clone()),
+                State::Starting => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "the guest agent did not start the process within {timeout:?}"
+                ));
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Whether the process has ended.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            *self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            State::Done(_)
+        )
+    }
+
+    /// Waits for the end.
+    pub fn wait(&self) -> Result<ExitStatus, String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let State::Done(r) = &*st {
+                return r.clone();
+            }
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn write(sink: &Mutex<Option<File>>, data: &[u8]) {
+    let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(f) = sink.as_mut() {
+        // A reader that went away must not stop the process; drop its output.
+        if f.write_all(data).is_err() {
+            sink.take();
+        }
+    }
+}
+
+/// Copies `src` into stdin frames for `stream` until end of input or until `send` fails.
+pub fn pump_stdin(mut src: File, stream: StreamId, send: impl Fn(Message) -> bool) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if !send(Message::Stdin {
+                    stream,
+                    data: buf[..n].to_vec(),
+                }) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    send(Message::StdinClose { stream });
+}
