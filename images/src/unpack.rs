@@ -21,7 +21,7 @@
 mod resolve;
 
 use std::collections::HashSet;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
@@ -161,6 +161,7 @@ fn apply_with(
         stats: LayerStats::default(),
         created: HashSet::new(),
         dir_meta: Vec::new(),
+        buf: vec![0; 256 * 1024],
     };
     let mut archive = tar::Archive::new(tar);
     let entries = archive.entries().map_err(UnpackError::Tar)?;
@@ -190,6 +191,8 @@ struct Extractor {
     /// Cleaned paths this layer created, which its own whiteouts must not remove.
     created: HashSet<Vec<Vec<u8>>>,
     dir_meta: Vec<DirMeta>,
+    /// Copy buffer for file contents, reused across entries.
+    buf: Vec<u8>,
 }
 
 /// What a header asks for, read out of the tar entry.
@@ -471,18 +474,31 @@ impl Extractor {
         let fd = rustix::fs::openat(p, base, flags, Mode::from_raw_mode(0o600))
             .map_err(io_err(name, "creating file"))?;
         let mut file = std::fs::File::from(fd);
-        let n = io::copy(entry, &mut file).map_err(|e| {
-            // A short read is the tar stream's fault; a write error is the disk's.
-            if e.kind() == io::ErrorKind::UnexpectedEof || e.kind() == io::ErrorKind::InvalidData {
-                UnpackError::Tar(e)
-            } else {
-                UnpackError::Io {
+        let want = entry.size();
+        let mut n = 0u64;
+        loop {
+            let k = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(k) => k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Corrupt compression or a cut stream: the layer's fault.
+                Err(e) => return Err(UnpackError::Tar(e)),
+            };
+            file.write_all(&self.buf[..k])
+                .map_err(|source| UnpackError::Io {
                     entry: name.to_string(),
                     op: "writing file",
-                    source: e,
-                }
-            }
-        })?;
+                    source,
+                })?;
+            n += k as u64;
+        }
+        // GNU sparse entries expand beyond their stored size; others must match it.
+        if n != want && entry.header().entry_type() != EntryType::GNUSparse {
+            return Err(UnpackError::Tar(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("entry {name:?} ends after {n} of {want} bytes"),
+            )));
+        }
         self.stats.bytes += n;
         self.fd_meta(file.as_fd(), meta, name)?;
         self.stats.files += 1;
