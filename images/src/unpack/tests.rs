@@ -1179,3 +1179,32 @@ fn public_apply_layer_works() {
     .unwrap_err();
     assert!(matches!(e, UnpackError::Root { .. }));
 }
+
+#[test]
+fn symlink_loops_fail_without_hanging() {
+    each(|fx| {
+        fx.ok(T::new()
+            .symlink("b", "a")
+            .symlink("/a", "b")
+            .symlink("self", "self")
+            .done());
+        for name in ["a/x", "self/x"] {
+            let e = fx.apply(T::new().file(name, b"x").done()).unwrap_err();
+            assert!(e.to_string().contains(&format!("{name:?}")), "{e}");
+        }
+    });
+}
+
+#[test]
+fn whiteout_through_file_parent_and_missing_opaque_dir_are_noops() {
+    each(|fx| {
+        fx.ok(T::new().file("f", b"x").done());
+        let s = fx.ok(T::new()
+            .file("f/.wh.y", b"")
+            .file("missing/.wh..wh..opq", b"")
+            .done());
+        assert_eq!((s.whiteouts, s.opaque_dirs), (1, 1));
+        assert_eq!(fx.read("f"), "x");
+        assert!(!fx.exists("missing"));
+    });
+}
