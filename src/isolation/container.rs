@@ -1,0 +1,294 @@
+//! Container isolation: the host's kernel, behind namespaces, cgroups, capabilities and
+//! seccomp, on an overlayfs root. The runtime mechanics (namespaces, pivot_root, mounts,
+//! devices, masked paths, cgroups, capabilities, seccomp) are libcontainer's (youki),
+//! driven by an OCI runtime spec; vessel adds the overlay, loopback, the console socket and
+//! docker's exit codes.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use super::{
+    Backend, Exit, ExitStatus, IsolationError, LaunchSpec, NetworkMode, Process, Stdio, Target,
+};
+use crate::container::process::ProcessSpec;
+
+mod cgroup;
+mod console;
+mod executor;
+mod network;
+mod overlay;
+mod seccomp;
+mod spec;
+
+/// The host-shared-kernel backend.
+pub struct ContainerBackend;
+
+fn rootfs_dir(dir: &Path) -> PathBuf {
+    dir.join("rootfs")
+}
+
+fn runtime_dir(dir: &Path) -> PathBuf {
+    dir.join("runtime")
+}
+
+fn builder(
+    id: &str,
+    dir: &Path,
+    stdio: Stdio,
+    console: Option<&console::ConsoleSocket>,
+) -> Result<ContainerBuilder, IsolationError> {
+    let runtime = runtime_dir(dir);
+    std::fs::create_dir_all(&runtime)
+        .map_err(|e| IsolationError::io(format!("creating {}", runtime.display()), e))?;
+    let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_executor(executor::VesselExecutor)
+        .with_root_path(&runtime)
+        .map_err(|e| IsolationError::runtime("preparing the runtime", e))?
+        .with_console_socket(console.map(|c| c.path().to_path_buf()));
+    if console.is_none() {
+        if let Some(fd) = stdio.stdin {
+            b = b.with_stdin(fd);
+        }
+        if let Some(fd) = stdio.stdout {
+            b = b.with_stdout(fd);
+        }
+        if let Some(fd) = stdio.stderr {
+            b = b.with_stderr(fd);
+        }
+    }
+    Ok(b)
+}
+
+fn require_root() -> Result<(), IsolationError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(IsolationError::Unavailable(
+            "container isolation needs root (namespaces, overlayfs and cgroups)".into(),
+        ))
+    }
+}
+
+impl ContainerBackend {
+    fn start_mounted(
+        &self,
+        spec: &LaunchSpec,
+        stdio: Stdio,
+    ) -> Result<Box<dyn Process>, IsolationError> {
+        let rootfs = rootfs_dir(&spec.dir);
+        overlay::mkdir_in_root(&rootfs, &spec.process.cwd)?;
+        let bundle = spec.dir.join("bundle");
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| IsolationError::io(format!("creating {}", bundle.display()), e))?;
+        let config = spec::build(spec, &rootfs)?;
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec(&config).unwrap_or_default(),
+        )
+        .map_err(|e| IsolationError::io("writing config.json", e))?;
+
+        let console = if spec.process.terminal {
+            Some(console::ConsoleSocket::bind(&spec.id)?)
+        } else {
+            None
+        };
+        let mut container = builder(&spec.id, &spec.dir, stdio, console.as_ref())?
+            .as_init(&bundle)
+            .with_systemd(false)
+            .with_detach(spec.process.terminal)
+            .build()
+            .map_err(|e| IsolationError::runtime("creating the container", e))?;
+        let pid = container
+            .pid()
+            .ok_or_else(|| IsolationError::runtime("creating the container", "no init pid"))?;
+        let pty = console.as_ref().map(|c| c.receive()).transpose()?;
+        if spec.network == NetworkMode::None {
+            network::loopback_up(pid.as_raw())?;
+        }
+        container
+            .start()
+            .map_err(|e| IsolationError::runtime("starting the container", e))?;
+        Ok(Box::new(ContainerProcess::new(
+            pid.as_raw(),
+            Some(spec.id.clone()),
+            pty,
+        )))
+    }
+}
+
+impl Backend for ContainerBackend {
+    fn start(&self, spec: &LaunchSpec, stdio: Stdio) -> Result<Box<dyn Process>, IsolationError> {
+        require_root()?;
+        overlay::mount_overlay(
+            &spec.image_rootfs,
+            &spec.dir.join("upper"),
+            &spec.dir.join("work"),
+            &rootfs_dir(&spec.dir),
+        )?;
+        let started = self.start_mounted(spec, stdio);
+        if started.is_err() {
+            let _ = self.cleanup(&Target {
+                id: spec.id.clone(),
+                dir: spec.dir.clone(),
+                pid: None,
+            });
+        }
+        started
+    }
+
+    fn exec(
+        &self,
+        target: &Target,
+        process: &ProcessSpec,
+        stdio: Stdio,
+    ) -> Result<Box<dyn Process>, IsolationError> {
+        require_root()?;
+        let console = if process.terminal {
+            Some(console::ConsoleSocket::bind(&target.id)?)
+        } else {
+            None
+        };
+        let env: HashMap<String, String> = process
+            .env
+            .iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let pid = builder(&target.id, &target.dir, stdio, console.as_ref())?
+            .as_tenant()
+            .with_container_args(process.args.clone())
+            .with_env(env)
+            .with_cwd(Some(PathBuf::from(&process.cwd)))
+            .with_user(Some(process.uid))
+            .with_group(Some(process.gid))
+            .with_additional_gids(process.additional_gids.clone())
+            .with_no_new_privs(true)
+            .with_detach(process.terminal)
+            .build()
+            .map_err(|e| IsolationError::runtime("starting the process in the container", e))?;
+        let pty = console.as_ref().map(|c| c.receive()).transpose()?;
+        Ok(Box::new(ContainerProcess::new(pid.as_raw(), None, pty)))
+    }
+
+    fn signal(&self, target: &Target, signal: i32) -> Result<(), IsolationError> {
+        let pid = target
+            .pid
+            .ok_or_else(|| IsolationError::runtime("signalling", "the container is not running"))?;
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(pid, signal) } < 0 {
+            return Err(IsolationError::io(
+                "signalling the container",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self, target: &Target) -> Result<(), IsolationError> {
+        let state = runtime_dir(&target.dir).join(&target.id);
+        if state.join("state.json").exists() {
+            match Container::load(state.clone()) {
+                Ok(mut c) => {
+                    if let Err(e) = c.delete(true) {
+                        // Fall through to the manual cleanup below.
+                        eprintln!("vessel: warning: runtime cleanup of {}: {e}", target.id);
+                    }
+                }
+                Err(e) => eprintln!("vessel: warning: loading runtime state: {e}"),
+            }
+        }
+        cgroup::remove(&target.id);
+        overlay::unmount(&rootfs_dir(&target.dir))?;
+        for d in [runtime_dir(&target.dir), target.dir.join("bundle")] {
+            if d.exists() {
+                std::fs::remove_dir_all(&d)
+                    .map_err(|e| IsolationError::io(format!("removing {}", d.display()), e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A process started by libcontainer; it is a child of this vessel process.
+struct ContainerProcess {
+    pid: i32,
+    /// Set for a container's main process: its cgroup tells whether the OOM killer struck.
+    container_id: Option<String>,
+    pty: Mutex<Option<OwnedFd>>,
+    /// Kept for resizes after the master was handed out.
+    pty_control: Option<OwnedFd>,
+}
+
+impl ContainerProcess {
+    fn new(pid: i32, container_id: Option<String>, pty: Option<OwnedFd>) -> Self {
+        let pty_control = pty.as_ref().and_then(|p| p.try_clone().ok());
+        ContainerProcess {
+            pid,
+            container_id,
+            pty: Mutex::new(pty),
+            pty_control,
+        }
+    }
+}
+
+impl Process for ContainerProcess {
+    fn pid(&self) -> Option<i32> {
+        Some(self.pid)
+    }
+
+    fn take_pty(&self) -> Option<OwnedFd> {
+        self.pty.lock().ok()?.take()
+    }
+
+    fn signal(&self, signal: i32) -> Result<(), IsolationError> {
+        // SAFETY: kill has no memory-safety preconditions.
+        if unsafe { libc::kill(self.pid, signal) } < 0 {
+            return Err(IsolationError::io(
+                "signalling the process",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn resize(&self, rows: u16, cols: u16) -> Result<(), IsolationError> {
+        let Some(pty) = &self.pty_control else {
+            return Ok(());
+        };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which is valid for the call.
+        if unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(IsolationError::io(
+                "resizing the terminal",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn wait(&self) -> Result<Exit, IsolationError> {
+        let status = loop {
+            match waitpid(Pid::from_raw(self.pid), None) {
+                Ok(WaitStatus::Exited(_, code)) => break ExitStatus::Exited(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => break ExitStatus::Signaled(sig as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(IsolationError::runtime("waiting for the process", e)),
+            }
+        };
+        let oom_killed = self.container_id.as_deref().is_some_and(cgroup::oom_killed);
+        Ok(Exit { status, oom_killed })
+    }
+}

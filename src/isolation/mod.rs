@@ -1,0 +1,254 @@
+//! Isolation backends: how a container's process is started and confined.
+//!
+//! Both modes implement [`Backend`]; everything above it (records, logs, supervision,
+//! `ps`/`stop`/`kill`/`rm`/`exec`, crash recovery) lives in `crate::container` and
+//! `crate::cli::containers` and is shared by both.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::container::process::ProcessSpec;
+
+pub mod container;
+pub mod vm;
+
+/// Which kind of isolation a container runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationKind {
+    /// A microVM with its own kernel.
+    Vm,
+    /// Namespaces and cgroups on the host kernel.
+    Container,
+}
+
+impl IsolationKind {
+    /// The name used on the command line and in `ps`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationKind::Vm => "vm",
+            IsolationKind::Container => "container",
+        }
+    }
+
+    /// Parses the name stored in a container record.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "vm" => Some(IsolationKind::Vm),
+            "container" => Some(IsolationKind::Container),
+            _ => None,
+        }
+    }
+}
+
+/// Network attachment of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// A network namespace of its own with only the loopback interface.
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// A host path made visible inside the container (`-v HOST:CTR[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Absolute path on the host.
+    pub source: PathBuf,
+    /// Absolute path in the container.
+    pub destination: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Resource limits; `None` means unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Memory limit in bytes (also the VM's memory size in VM mode).
+    pub memory: Option<u64>,
+    /// CPU quota in CPUs (1.5 = one and a half CPUs; the vCPU count in VM mode).
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    pub pids: Option<i64>,
+}
+
+/// Options that only VM isolation uses; container isolation ignores them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmOptions {
+    /// `auto`, `builtin` or `qemu`.
+    pub vmm: String,
+    /// Guest kernel chosen with `--kernel`.
+    pub kernel: Option<PathBuf>,
+    /// Show the guest kernel log and backend decisions.
+    pub debug: bool,
+}
+
+/// Everything a backend needs to start a container's main process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Container ID (64 hex digits).
+    pub id: String,
+    /// The container's directory under the state root (`containers/<id>`).
+    pub dir: PathBuf,
+    /// ID of the image the container runs.
+    pub image_id: String,
+    /// The image's unpacked root filesystem; never modified.
+    pub image_rootfs: PathBuf,
+    /// The resolved process (argv, env, cwd, user, hostname, terminal).
+    pub process: ProcessSpec,
+    /// `-v` bind mounts.
+    pub binds: Vec<BindMount>,
+    /// `--tmpfs` mount points.
+    pub tmpfs: Vec<PathBuf>,
+    /// `--read-only`: the root filesystem is mounted read-only.
+    pub read_only: bool,
+    /// `--network`.
+    pub network: NetworkMode,
+    /// cgroup limits.
+    pub resources: Resources,
+    /// `--cap-add`, upper-case without the `CAP_` prefix.
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`, upper-case without the `CAP_` prefix (`ALL` drops every default).
+    pub cap_drop: Vec<String>,
+    /// VM-only options.
+    pub vm: VmOptions,
+}
+
+/// Identifies an existing container to a backend (from its record).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Container ID.
+    pub id: String,
+    /// The container's directory under the state root.
+    pub dir: PathBuf,
+    /// Host PID of the container's main process (container mode), if it has one.
+    pub pid: Option<i32>,
+}
+
+/// Standard streams handed to a new process. `None` inherits the caller's stream.
+/// Ignored when the process has a terminal: then [`Process::take_pty`] returns its master.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    /// Standard input.
+    pub stdin: Option<OwnedFd>,
+    /// Standard output.
+    pub stdout: Option<OwnedFd>,
+    /// Standard error.
+    pub stderr: Option<OwnedFd>,
+}
+
+/// How a container's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It called exit with this status.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+}
+
+/// The end of a process, as reported to the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    /// Exit status or signal.
+    pub status: ExitStatus,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+}
+
+impl Exit {
+    /// The shell convention: the status itself, or 128 + the signal number.
+    pub fn code(&self) -> i32 {
+        match self.status {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// Failures of a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum IsolationError {
+    /// This isolation mode cannot run here; the message says why.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Setting up or starting the container failed.
+    #[error("{context}: {message}")]
+    Runtime {
+        /// What was being done.
+        context: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// A host I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl IsolationError {
+    /// Builds a [`IsolationError::Runtime`] from any displayable error.
+    pub fn runtime(context: &'static str, err: impl std::fmt::Display) -> Self {
+        IsolationError::Runtime {
+            context,
+            message: err.to_string(),
+        }
+    }
+
+    /// Builds a [`IsolationError::Io`].
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        IsolationError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// A started process (a container's main process or an exec'd one).
+///
+/// Shared between the thread that waits and those that forward signals and resizes.
+pub trait Process: Send + Sync {
+    /// Host PID, where the process has one on this kernel.
+    fn pid(&self) -> Option<i32>;
+    /// The terminal's master side, once, when the process was started with a terminal.
+    fn take_pty(&self) -> Option<OwnedFd>;
+    /// Delivers a signal to the process.
+    fn signal(&self, signal: i32) -> Result<(), IsolationError>;
+    /// Tells the process's terminal its new size.
+    fn resize(&self, rows: u16, cols: u16) -> Result<(), IsolationError>;
+    /// Waits for the process to end (called once).
+    fn wait(&self) -> Result<Exit, IsolationError>;
+}
+
+/// An isolation mode.
+pub trait Backend {
+    /// Creates the container and starts its main process.
+    fn start(&self, spec: &LaunchSpec, stdio: Stdio) -> Result<Box<dyn Process>, IsolationError>;
+    /// Starts another process inside a running container.
+    fn exec(
+        &self,
+        target: &Target,
+        process: &ProcessSpec,
+        stdio: Stdio,
+    ) -> Result<Box<dyn Process>, IsolationError>;
+    /// Signals a container's main process from any vessel process (not only its supervisor).
+    fn signal(&self, target: &Target, signal: i32) -> Result<(), IsolationError>;
+    /// Releases everything the container holds on the host except its directory
+    /// (processes, mounts, cgroups, runtime state). Idempotent; also used after a crash.
+    fn cleanup(&self, target: &Target) -> Result<(), IsolationError>;
+}
+
+/// The backend for an isolation mode.
+pub fn backend(kind: IsolationKind) -> Box<dyn Backend> {
+    match kind {
+        IsolationKind::Container => Box::new(container::ContainerBackend),
+        IsolationKind::Vm => Box::new(vm::VmBackend),
+    }
+}
