@@ -127,6 +127,23 @@ impl ModeRunner {
             }
         }
         let command = first.unwrap_or_else(|| Err("not run".into()));
+        // When vessel itself cannot run this mode, every further measurement would fail
+        // the same way: say why once instead.
+        if let Ok(c) = &command {
+            if c.exit_code == 125 && latencies.is_empty() {
+                let why = first_error(&c.stderr).to_string();
+                let unmeasured = "vessel could not run this mode".to_string();
+                return ModeResult {
+                    label: self.label.clone(),
+                    latencies_ms: latencies,
+                    command,
+                    memory: Err(unmeasured.clone()),
+                    disk_added: Err(unmeasured.clone()),
+                    findings: Err(unmeasured),
+                    failure: Some(why),
+                };
+            }
+        }
         let findings = self.probe(image, marker);
         let (memory, disk_added) = self.instance(image);
         ModeResult {
@@ -136,6 +153,7 @@ impl ModeRunner {
             memory,
             disk_added,
             findings,
+            failure: None,
         }
     }
 
@@ -155,7 +173,7 @@ impl ModeRunner {
             return Err(format!(
                 "probe failed (exit {}): {}",
                 o.code,
-                o.stderr.lines().last().unwrap_or("no output")
+                first_error(&o.stderr)
             ));
         }
         Ok(f)
@@ -235,6 +253,15 @@ impl ModeRunner {
         let disk = allocated(&layout::container_dir(&self.root, &record.id));
         Ok((mem, disk))
     }
+}
+
+/// The line of vessel's stderr that says what failed.
+fn first_error(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("vessel") || l.contains("panicked"))
+        .or_else(|| stderr.lines().last())
+        .unwrap_or("no output")
 }
 
 /// `roots` and all their descendants, from a scan of /proc.

@@ -73,6 +73,8 @@ pub struct ModeResult {
     pub disk_added: Result<u64, String>,
     /// What the probe saw inside.
     pub findings: Result<Findings, String>,
+    /// Why vessel could not run this mode at all, if it could not.
+    pub failure: Option<String>,
 }
 
 /// One cell: a value for scripts and its display text.
@@ -133,6 +135,8 @@ pub struct Report {
     pub host: HostFacts,
     /// Every row.
     pub rows: Vec<Row>,
+    /// Modes vessel could not run at all, with the reason: `[container, vm]`.
+    pub failures: [Option<String>; 2],
 }
 
 /// Median and 90th percentile (nearest rank) of `samples`.
@@ -439,6 +443,7 @@ pub fn build(
         modes: [modes[0].label.clone(), modes[1].label.clone()],
         host,
         rows,
+        failures: [modes[0].failure.clone(), modes[1].failure.clone()],
     }
 }
 
@@ -502,7 +507,17 @@ impl Report {
                 flag,
             ));
         }
+        out.push_str(&self.footnotes());
         out
+    }
+
+    /// One line per mode vessel could not run, naming why.
+    fn footnotes(&self) -> String {
+        self.modes
+            .iter()
+            .zip(&self.failures)
+            .filter_map(|(mode, f)| f.as_ref().map(|f| format!("\n{mode}: {f}\n")))
+            .collect()
     }
 
     /// Markdown table, as docs/isolation.md shows it.
@@ -528,6 +543,7 @@ impl Report {
                 esc(&r.vm.display)
             ));
         }
+        out.push_str(&self.footnotes());
         out
     }
 
@@ -571,6 +587,7 @@ mod tests {
             }),
             disk_added: Err("no dir".into()),
             findings: Ok(Findings::parse(&probe)),
+            failure: None,
         }
     }
 
