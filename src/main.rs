@@ -2,6 +2,9 @@
 
 mod boot;
 mod cli;
+mod compare;
+mod container;
+mod isolation;
 
 fn main() -> std::process::ExitCode {
     cli::main()

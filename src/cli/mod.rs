@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod compare;
+mod containers;
 mod images;
+mod kernel;
 
 /// Exit status of a failed command other than `run` (which uses docker's 125/126/127 itself).
 pub const EXIT_FAILED: u8 = 1;
@@ -43,6 +46,27 @@ pub enum Command {
     Save(images::SaveArgs),
     /// Store-wide maintenance: disk usage and consistency checks.
     System(images::SystemArgs),
+    /// Run a command in a new container.
+    Run(Box<containers::RunArgs>),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// Show a container's output.
+    Logs(containers::LogsArgs),
+    /// Stop containers (SIGTERM, then SIGKILL after a grace period).
+    Stop(containers::StopArgs),
+    /// Send a signal to containers.
+    Kill(containers::KillArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
+    /// Supervise a detached container (internal).
+    #[command(name = "__supervise", hide = true)]
+    Supervise(containers::SuperviseArgs),
+    /// Show the guest kernel, modules and VMM that VM isolation uses; install a guest kernel.
+    Kernel(kernel::KernelArgs),
+    /// Run an image in container and VM isolation and compare them side by side.
+    Compare(compare::CompareArgs),
 }
 
 impl Cli {
@@ -77,6 +101,16 @@ pub fn main() -> ExitCode {
         Command::Load(a) => images::load(&root, a),
         Command::Save(a) => images::save(&root, a),
         Command::System(a) => images::system(&root, a),
+        Command::Run(a) => return containers::run(&root, *a),
+        Command::Exec(a) => return containers::exec(&root, a),
+        Command::Ps(a) => containers::ps(&root, a),
+        Command::Logs(a) => containers::logs(&root, a),
+        Command::Stop(a) => containers::stop(&root, a),
+        Command::Kill(a) => containers::kill(&root, a),
+        Command::Rm(a) => containers::rm(&root, a),
+        Command::Supervise(a) => containers::supervise(&root, a),
+        Command::Compare(a) => compare::compare(&root, a),
+        Command::Kernel(a) => kernel::kernel(&root, a),
     };
     match result {
         Ok(code) => code,

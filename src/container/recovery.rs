@@ -106,7 +106,7 @@ pub fn recover(root: &Path, records: &Records, store: &Store) {
             State::Exited => {
                 r.auto_remove
                     && r.supervisor_pid.is_none()
-                    && !r.finished.is_some_and(|f| super::now() - f < 10)
+                    && r.finished.is_none_or(|f| super::now() - f >= 10)
             }
         };
         if !abandoned {

@@ -129,7 +129,7 @@ pub fn resolve(spec: &str, rootfs: &Path) -> Result<Identity, UserError> {
     let additional_gids = match entry {
         Some(e) => all_groups
             .iter()
-            .filter(|g| g.members.iter().any(|m| *m == e.name) && g.gid != gid)
+            .filter(|g| g.members.contains(&e.name) && g.gid != gid)
             .map(|g| g.gid)
             .collect(),
         None => Vec::new(),
