@@ -17,6 +17,7 @@ pub mod check;
 pub mod content;
 pub mod error;
 pub mod image;
+mod image_disk;
 mod import;
 pub mod inspect;
 pub mod list;

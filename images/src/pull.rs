@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use futures::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::Client;
+use oci_client::{Client, RegistryOperation};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
 use crate::content::Expect;
@@ -267,6 +267,13 @@ impl Store {
             auth,
             registry: registry.clone(),
         };
+        // Negotiates basic auth or a bearer token (anonymous ones too, as Docker Hub
+        // wants) once; later requests reuse what the client cached.
+        session
+            .client
+            .auth(&session.image, &session.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| registry_error(&registry, format!("authenticating: {e}")))?;
         let progress = Progress::new(opts.progress);
         progress.note(&format!("Pulling {}", r.familiar()));
         let _lock = self.lock_shared()?;

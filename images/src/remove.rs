@@ -146,7 +146,7 @@ impl Store {
                 report.blobs += 1;
             }
         }
-        for (sub, suffix) in [("rootfs", ""), ("disks", ".ext4")] {
+        for (sub, suffix) in [("rootfs", ""), ("disks", ".ext4"), ("disks", ".lock")] {
             let dir = self.root().join(sub);
             let rd = fs::read_dir(&dir).map_err(|e| StoreError::io("list", &dir, e))?;
             for ent in rd.flatten() {
@@ -169,10 +169,10 @@ impl Store {
                     p
                 };
                 remove_path(&target)?;
-                if sub == "rootfs" {
-                    report.trees += 1;
-                } else {
-                    report.disks += 1;
+                match suffix {
+                    "" => report.trees += 1,
+                    ".ext4" => report.disks += 1,
+                    _ => {}
                 }
             }
         }
