@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use tar::EntryType;
@@ -161,6 +161,7 @@ fn apply_with(
         stats: LayerStats::default(),
         created: HashSet::new(),
         dir_meta: Vec::new(),
+        restore: Vec::new(),
         buf: vec![0; 256 * 1024],
     };
     let mut archive = tar::Archive::new(tar);
@@ -180,7 +181,7 @@ struct DirMeta {
     path: Vec<Vec<u8>>,
     name: String,
     mode: u32,
-    times: Timestamps,
+    times: Option<Timestamps>,
 }
 
 struct Extractor {
@@ -191,6 +192,8 @@ struct Extractor {
     /// Cleaned paths this layer created, which its own whiteouts must not remove.
     created: HashSet<Vec<Vec<u8>>>,
     dir_meta: Vec<DirMeta>,
+    /// Modes of lower-layer directories made writable for this layer, put back at its end.
+    restore: Vec<DirMeta>,
     /// Copy buffer for file contents, reused across entries.
     buf: Vec<u8>,
 }
@@ -303,6 +306,7 @@ impl Extractor {
         let parent_fd = self.make_parents(parent, &name)?;
         let p = parent_fd.as_fd();
         let base = base.as_slice();
+        self.ensure_writable(p, parent);
 
         // A hardlink to its own name would delete its target; there is nothing to do.
         if kind == EntryType::Link {
@@ -328,7 +332,7 @@ impl Extractor {
                     path: path.clone(),
                     name: name.clone(),
                     mode: meta.mode,
-                    times: meta.times,
+                    times: Some(meta.times),
                 });
             }
             EntryType::Symlink => {
@@ -546,7 +550,7 @@ impl Extractor {
             path: Vec::new(),
             name: name.to_string(),
             mode: meta.mode,
-            times: meta.times,
+            times: Some(meta.times),
         });
         self.stats.dirs += 1;
         Ok(())
@@ -658,6 +662,7 @@ impl Extractor {
             }
         };
         let times = dir_times(&dir);
+        self.ensure_writable(dir.as_fd(), parent);
         match remove_all(dir.as_fd(), target) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(io_err(name, "applying whiteout")(e)),
@@ -682,6 +687,7 @@ impl Extractor {
             }
         };
         let times = dir_times(&dir);
+        self.ensure_writable(dir.as_fd(), dir_path);
         self.clear_lower(dir.as_fd(), dir_path.to_vec())
             .map_err(io_err(name, "emptying opaque directory"))?;
         restore_times(&dir, times);
@@ -753,9 +759,38 @@ impl Extractor {
         }
     }
 
-    /// Applies directory modes and times recorded during the layer.
+    /// Without root, a read-only directory from a lower layer (mode 0555, say)
+    /// would stop this layer adding or removing entries in it: give the owner
+    /// rwx for the layer's duration and note the mode to put back.
+    fn ensure_writable(&mut self, dir: BorrowedFd<'_>, path: &[Vec<u8>]) {
+        let wx = Access::WRITE_OK | Access::EXEC_OK;
+        if rustix::fs::accessat(dir, ".", wx, AtFlags::EACCESS).is_ok() {
+            return;
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let Ok(fd) = rustix::fs::openat(dir, ".", flags, Mode::empty()) else {
+            return;
+        };
+        let Ok(st) = rustix::fs::fstat(&fd) else {
+            return;
+        };
+        let mode = st.st_mode & 0o7777;
+        if rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode | 0o700)).is_ok() {
+            self.restore.push(DirMeta {
+                path: path.to_vec(),
+                name: String::from_utf8_lossy(&path.join(&b'/')).into_owned(),
+                mode,
+                times: None,
+            });
+        }
+    }
+
+    /// Applies directory modes and times recorded during the layer: first the
+    /// modes borrowed by `ensure_writable`, then the layer's own.
     fn finish_dirs(&mut self) -> Result<(), UnpackError> {
-        for d in std::mem::take(&mut self.dir_meta).into_iter().rev() {
+        let restore = std::mem::take(&mut self.restore).into_iter().rev();
+        let own = std::mem::take(&mut self.dir_meta).into_iter().rev();
+        for d in restore.chain(own) {
             let fd = match d.path.split_last() {
                 None => rustix::io::dup(&self.root).map_err(io_err(&d.name, "opening root"))?,
                 Some((base, parent)) => {
@@ -781,7 +816,9 @@ impl Extractor {
             };
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(d.mode))
                 .map_err(io_err(&d.name, "setting mode"))?;
-            rustix::fs::futimens(&fd, &d.times).map_err(io_err(&d.name, "setting times"))?;
+            if let Some(times) = &d.times {
+                rustix::fs::futimens(&fd, times).map_err(io_err(&d.name, "setting times"))?;
+            }
         }
         Ok(())
     }
@@ -841,6 +878,11 @@ fn remove_all(p: BorrowedFd<'_>, base: &[u8]) -> Result<(), Errno> {
         return rustix::fs::unlinkat(p, base, AtFlags::empty());
     }
     let dir = open_dir_nofollow(p, base)?;
+    // A read-only directory of ours must become writable to be emptied; it is going anyway.
+    let wx = Access::WRITE_OK | Access::EXEC_OK;
+    if rustix::fs::accessat(&dir, ".", wx, AtFlags::EACCESS).is_err() {
+        let _ = rustix::fs::fchmod(&dir, Mode::from_raw_mode((st.st_mode & 0o7777) | 0o700));
+    }
     for child in list_dir(dir.as_fd())? {
         remove_all(dir.as_fd(), &child)?;
     }

@@ -1208,3 +1208,71 @@ fn whiteout_through_file_parent_and_missing_opaque_dir_are_noops() {
         assert!(!fx.exists("missing"));
     });
 }
+
+#[test]
+fn rootless_layer_over_read_only_lower_dirs() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP: needs root to give one thread an unprivileged filesystem identity");
+        return;
+    }
+    each(|mut fx| {
+        fx.ok(T::new()
+            .dir("ro", 0o555)
+            .file("ro/a", b"a")
+            .dir("ro/sub", 0o555)
+            .file("ro/sub/b", b"b")
+            .dir("tree", 0o555)
+            .dir("tree/in", 0o555)
+            .file("tree/in/c", b"c")
+            .done());
+        // As if an unprivileged user had unpacked the lower layer itself.
+        let mut todo = vec![fx.rootfs.clone()];
+        while let Some(p) = todo.pop() {
+            std::os::unix::fs::lchown(&p, Some(65534), Some(65534)).unwrap();
+            if p.is_dir() && !p.is_symlink() {
+                todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        fx.opts.preserve_ownership = false;
+        fx.opts.create_devices = false;
+        let root = open_root(&fx.rootfs).unwrap();
+        let tar = T::new()
+            .file("ro/new", b"n")
+            .file("ro/.wh.a", b"")
+            .file("ro/sub/.wh.b", b"")
+            .file(".wh.tree", b"")
+            .done();
+        let (opts, how) = (fx.opts.clone(), fx.how);
+        let result = std::thread::scope(|s| {
+            s.spawn(move || {
+                // SAFETY: raw setfsuid/setfsgid change only the calling thread's
+                // filesystem identity (glibc's wrappers would change every
+                // thread's); moving fsuid off 0 also drops this thread's
+                // CAP_DAC_OVERRIDE and CAP_FOWNER. The thread ends after the unpack.
+                unsafe {
+                    libc::syscall(libc::SYS_setfsgid, 65534);
+                    libc::syscall(libc::SYS_setfsuid, 65534);
+                }
+                let wx = Access::WRITE_OK;
+                assert!(
+                    rustix::fs::accessat(&root, "ro", wx, AtFlags::EACCESS).is_err(),
+                    "this thread should not be able to write a 0555 directory"
+                );
+                apply_with(root, &tar[..], &opts, how)
+            })
+            .join()
+            .unwrap()
+        });
+        result.unwrap_or_else(|e| panic!("{how:?}: {e}"));
+        assert_eq!(fx.read("ro/new"), "n");
+        assert!(!fx.exists("ro/a"));
+        assert!(!fx.exists("ro/sub/b"));
+        assert!(!fx.exists("tree"));
+        let mode = |r: &str| std::fs::metadata(fx.rootfs.join(r)).unwrap().mode() & 0o7777;
+        assert_eq!(
+            (mode("ro"), mode("ro/sub")),
+            (0o555, 0o555),
+            "modes put back"
+        );
+    });
+}
