@@ -36,6 +36,10 @@ use resolve::{make_dir_all_in_root, open_dir_in_root, Resolver};
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// Base name of the entry that marks its directory opaque.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// Prefix of docker's aufs metadata entries at the top of old layers.
+const AUFS_META_PREFIX: &str = ".wh..wh.";
+/// The aufs directory holding hardlink targets.
+const AUFS_LINK_DIR: &str = ".wh..wh.plnk";
 
 /// What an unpack may do beyond files, directories and links.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +166,7 @@ fn apply_with(
         created: HashSet::new(),
         dir_meta: Vec::new(),
         restore: Vec::new(),
+        aufs_links: false,
         buf: vec![0; 256 * 1024],
     };
     let mut archive = tar::Archive::new(tar);
@@ -169,6 +174,14 @@ fn apply_with(
     for entry in entries {
         let mut entry = entry.map_err(UnpackError::Tar)?;
         ex.entry(&mut entry)?;
+    }
+    if ex.aufs_links {
+        // The hardlinks into it are made; the directory itself is not image content.
+        remove_all(ex.root.as_fd(), AUFS_LINK_DIR.as_bytes()).map_err(|e| UnpackError::Io {
+            entry: AUFS_LINK_DIR.to_string(),
+            op: "removing aufs hardlink directory",
+            source: e.into(),
+        })?;
     }
     ex.finish_dirs()?;
     Ok(ex.stats)
@@ -194,6 +207,8 @@ struct Extractor {
     dir_meta: Vec<DirMeta>,
     /// Modes of lower-layer directories made writable for this layer, put back at its end.
     restore: Vec<DirMeta>,
+    /// Whether this layer wrote an aufs `.wh..wh.plnk` directory to remove at its end.
+    aufs_links: bool,
     /// Copy buffer for file contents, reused across entries.
     buf: Vec<u8>,
 }
@@ -266,6 +281,34 @@ impl Extractor {
         }
         self.stats.entries += 1;
         let path = clean(&raw_name, &name, "name")?;
+
+        // Layers exported from docker's aufs driver carry its metadata at the top:
+        // `.wh..wh.aufs`, `.wh..wh.orph/`, and `.wh..wh.plnk/` whose files are the
+        // targets of the layer's hardlinks. Like docker, keep only the latter, and
+        // only until the end of the layer.
+        let first = path.first().map(|c| c.as_slice());
+        if let Some(top) = first.filter(|c| {
+            c.starts_with(AUFS_META_PREFIX.as_bytes()) && *c != OPAQUE_MARKER.as_bytes()
+        }) {
+            let keep = top == AUFS_LINK_DIR.as_bytes()
+                && (path.len() == 1 && kind == EntryType::Directory
+                    || path.len() == 2 && kind == EntryType::Regular);
+            if !keep {
+                self.stats.skipped_other += 1;
+                return Ok(());
+            }
+            let meta = self.meta(entry, &name)?;
+            let p = self.make_parents(&path[..path.len() - 1], &name)?;
+            let base = path[path.len() - 1].as_slice();
+            self.clear_for(p.as_fd(), base, kind == EntryType::Directory, &name)?;
+            if kind == EntryType::Directory {
+                self.directory(p.as_fd(), base, &meta, &name)?;
+            } else {
+                self.regular(p.as_fd(), base, entry, &meta, &name)?;
+            }
+            self.aufs_links = true;
+            return Ok(());
+        }
 
         // Whiteout prefixes are only meaningful on the last component.
         if let Some(dir) = path[..path.len().saturating_sub(1)]

@@ -1276,3 +1276,30 @@ fn rootless_layer_over_read_only_lower_dirs() {
         );
     });
 }
+
+#[test]
+fn aufs_metadata_is_skipped_and_plnk_hardlinks_resolve() {
+    each(|fx| {
+        let s = fx.ok(T::new()
+            .file(".wh..wh.aufs", b"")
+            .dir(".wh..wh.orph", 0o700)
+            .file(".wh..wh.orph/junk", b"j")
+            .dir(".wh..wh.plnk", 0o700)
+            .file(".wh..wh.plnk/123.456", b"data")
+            .dir("bin", 0o755)
+            .link(".wh..wh.plnk/123.456", "bin/a")
+            .link("/.wh..wh.plnk/123.456", "bin/b")
+            .done());
+        assert_eq!(s.skipped_other, 3);
+        assert_eq!(fx.read("bin/a"), "data");
+        assert!(fx.same_file("bin/a", "bin/b"));
+        for gone in [".wh..wh.aufs", ".wh..wh.orph", ".wh..wh.plnk"] {
+            assert!(!fx.exists(gone), "{gone}");
+        }
+        // Deeper aufs names are not metadata: still refused as whiteout names with a slash.
+        fx.refused(
+            T::new().file("x/.wh..wh.plnk/1", b"").done(),
+            "x/.wh..wh.plnk/1",
+        );
+    });
+}
