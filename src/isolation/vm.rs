@@ -14,6 +14,7 @@ mod machine_spec;
 mod mux;
 mod process;
 mod qemu;
+mod socket_path;
 mod stream;
 
 use std::fs::File;
@@ -247,6 +248,8 @@ impl Backend for VmBackend {
             .cpus
             .map(|c| c.ceil().clamp(1.0, 64.0) as u8)
             .unwrap_or(1);
+        let channel_path = socket_path::socket_path(&spec.dir, "agent.sock")
+            .map_err(|e| IsolationError::io("naming the agent socket", e))?;
         let mspec = MachineSpec {
             kernel: kernel.image.clone(),
             initrd: initramfs.path.clone(),
@@ -255,7 +258,7 @@ impl Backend for VmBackend {
             memory_mib,
             image_disk,
             container_disk,
-            channel: spec.dir.join("agent.sock"),
+            channel: channel_path.path.clone(),
             console_log: spec.dir.join("console.log"),
         };
         let assets_ready = Instant::now();
@@ -310,7 +313,7 @@ impl Backend for VmBackend {
             let mux = mux.clone();
             std::thread::spawn(move || stream::pump_stdin(stdin, 0, |m| mux.send(&m)));
         }
-        mux.serve_control(mux::control_socket(&spec.dir))
+        mux.serve_control(&spec.dir)
             .map_err(|e| IsolationError::io("serving the VM control socket", e))?;
         Ok(Box::new(VmProcess {
             machine: Mutex::new(machine),
@@ -337,7 +340,9 @@ impl Backend for VmBackend {
 
     fn signal(&self, target: &Target, signal: i32) -> Result<(), IsolationError> {
         let path = mux::control_socket(&target.dir);
-        let conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        let short = socket_path::socket_path(&target.dir, mux::CONTROL_SOCKET)
+            .map_err(|e| IsolationError::io("naming the control socket", e))?;
+        let conn = std::os::unix::net::UnixStream::connect(&short.path).map_err(|e| {
             IsolationError::runtime(
                 "signalling the VM",
                 format!(

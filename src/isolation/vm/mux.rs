@@ -134,9 +134,10 @@ impl Mux {
     }
 
     /// Serves the control socket at `path` until the channel closes.
-    pub fn serve_control(self: &Arc<Self>, path: PathBuf) -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
+    pub fn serve_control(self: &Arc<Self>, dir: &Path) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(control_socket(dir));
+        let short = super::socket_path::socket_path(dir, CONTROL_SOCKET)?;
+        let listener = UnixListener::bind(&short.path)?;
         let mux = self.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -192,9 +193,12 @@ impl Mux {
     }
 }
 
+/// File name of the control socket in a container directory.
+pub const CONTROL_SOCKET: &str = "vm.sock";
+
 /// The control socket of a container directory.
 pub fn control_socket(dir: &Path) -> PathBuf {
-    dir.join("vm.sock")
+    dir.join(CONTROL_SOCKET)
 }
 
 /// The same message on another stream.

@@ -135,7 +135,9 @@ impl ExecProcess {
         pty: Option<OwnedFd>,
     ) -> Result<ExecProcess, IsolationError> {
         let path = control_socket(dir);
-        let conn = UnixStream::connect(&path).map_err(|e| {
+        let short = super::socket_path::socket_path(dir, super::mux::CONTROL_SOCKET)
+            .map_err(|e| IsolationError::io("naming the control socket", e))?;
+        let conn = UnixStream::connect(&short.path).map_err(|e| {
             IsolationError::runtime(
                 "exec",
                 format!(

@@ -1,0 +1,168 @@
+//! What the VM-isolation tests share: their prerequisites (QEMU, the Debian guest kernel
+//! scripts/setup.sh fetches, a static guest agent), a state root with the busybox test
+//! image loaded, and `vessel` commands with the VM environment set.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use crate::common::{self, TestImage, TestRoot};
+
+/// Where scripts/setup.sh leaves Debian's cloud kernel.
+pub const KERNEL_DIR: &str = "/var/cache/vessel/kernel";
+
+/// Builds the static guest agent once per test binary (cargo is not holding the build lock
+/// while tests run), or takes `$VESSEL_AGENT`.
+fn agent() -> Result<PathBuf, String> {
+    static AGENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("VESSEL_AGENT") {
+                return Ok(PathBuf::from(p));
+            }
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+            let out = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "--release", "-p", "vessel-agent"])
+                .args(["--target", "x86_64-unknown-linux-musl", "--manifest-path"])
+                .arg(&manifest)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("running cargo: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "building the musl guest agent failed (rustup target add x86_64-unknown-linux-musl?): {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+            Ok(target.join("x86_64-unknown-linux-musl/release/vessel-agent"))
+        })
+        .clone()
+}
+
+/// A state root with the test image loaded, ready for VM runs with one backend.
+pub struct VmEnv {
+    /// The state root.
+    pub root: TestRoot,
+    /// The loaded image's reference.
+    pub image: String,
+    /// `--vmm` value.
+    pub vmm: String,
+    agent: PathBuf,
+}
+
+/// Checks the prerequisites for VM tests on `vmm`; prints `SKIP: ...` and returns None
+/// when one is missing.
+pub fn setup(vmm: &str) -> Option<VmEnv> {
+    if !common::is_root() {
+        eprintln!("SKIP: VM tests run as root (container records, mounts)");
+        return None;
+    }
+    if common::skip_without(&["mke2fs", common::BUSYBOX]) {
+        return None;
+    }
+    if !Path::new(KERNEL_DIR).join("vmlinuz").is_file() {
+        eprintln!("SKIP: no guest kernel at {KERNEL_DIR} (run scripts/setup.sh)");
+        return None;
+    }
+    let agent = match agent() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            return None;
+        }
+    };
+    let root = TestRoot::new();
+    let env = VmEnv {
+        root,
+        image: String::new(),
+        vmm: vmm.to_string(),
+        agent,
+    };
+    // Ask vessel itself whether this backend can run here.
+    let out = env
+        .cmd(&["kernel", "--json", "--vmm", vmm])
+        .output()
+        .expect("vessel kernel");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if info["vmm"].is_null() {
+        eprintln!(
+            "SKIP: --vmm {vmm} cannot run a Linux guest on this host: {}",
+            info["vmm_reason"]
+                .as_str()
+                .unwrap_or("vessel kernel failed")
+        );
+        return None;
+    }
+    let image = TestImage::new("vessel-test/vm:latest");
+    let name = env.root.load(&image);
+    Some(VmEnv { image: name, ..env })
+}
+
+impl VmEnv {
+    /// `vessel --root R ARGS` with the VM environment (kernel, agent) set.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.root.cmd();
+        c.env("VESSEL_KERNEL", KERNEL_DIR)
+            .env("VESSEL_AGENT", &self.agent)
+            .env_remove("VESSEL_KERNEL_ARGS")
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `vessel run --vmm V [opts...] IMAGE [cmd...]`, stdin closed, output captured.
+    pub fn run(&self, opts: &[&str], cmd: &[&str]) -> Output {
+        self.run_cmd(opts, cmd).output().expect("run vessel")
+    }
+
+    /// The command `run` would execute.
+    pub fn run_cmd(&self, opts: &[&str], cmd: &[&str]) -> Command {
+        let mut args = vec!["run", "--vmm", &self.vmm];
+        args.extend_from_slice(opts);
+        args.push(&self.image);
+        args.extend_from_slice(cmd);
+        self.cmd(&args)
+    }
+
+    /// The state root's containers directory entries.
+    pub fn container_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.root.path().join("containers"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Host processes whose command line mentions this state root (VMMs left behind).
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let needle = self.root.path().to_string_lossy().into_owned();
+        let me = std::process::id().to_string();
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+            })
+            .filter(|e| e.file_name().to_string_lossy() != me)
+            .filter_map(|e| {
+                let c = std::fs::read(e.path().join("cmdline")).ok()?;
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains(&needle).then_some(c)
+            })
+            .collect()
+    }
+}
+
+/// stdout, stderr as strings.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
