@@ -261,3 +261,76 @@ fn save_is_read_back_by_skopeo_and_vessel() {
         inspect(&root, "vessel-test/saved:1")["Id"]
     );
 }
+
+#[test]
+fn load_docker_25_combined_layout_and_compressed_archives() {
+    // docker 25+ writes an OCI layout plus a manifest.json whose Config and
+    // Layers point into blobs/sha256/.
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let img = TestImage::new("vessel-test/docker25:1")
+        .layer(Layer::new(vec![Entry::file("d25", b"combined\n")]));
+    let w = img.write_layout(&layout);
+    let manifest = serde_json::json!([{
+        "Config": format!("blobs/sha256/{}", &w.config_digest[7..]),
+        "RepoTags": ["vessel-test/docker25:1"],
+        "Layers": w.layer_digests.iter().map(|d| format!("blobs/sha256/{}", &d[7..])).collect::<Vec<_>>(),
+    }]);
+    std::fs::write(
+        layout.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let archive = dir.path().join("docker25.tar");
+    common::tar_dir(&layout, &archive);
+    let root = TestRoot::new();
+    let out = root.ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(out.contains("vessel-test/docker25:1"), "{out}");
+    let v = inspect(&root, "vessel-test/docker25:1");
+    assert_eq!(v["Id"], w.config_digest.as_str());
+    let rootfs = std::path::PathBuf::from(v["Rootfs"].as_str().unwrap());
+    assert_eq!(std::fs::read(rootfs.join("d25")).unwrap(), b"combined\n");
+
+    // `docker save | gzip` and zstd-compressed archives load the same.
+    let raw = std::fs::read(&archive).unwrap();
+    let gz = dir.path().join("docker25.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::Write::write_all(&mut enc, &raw).unwrap();
+    enc.finish().unwrap();
+    let zst = dir.path().join("docker25.tar.zst");
+    std::fs::write(&zst, zstd::encode_all(&raw[..], 1).unwrap()).unwrap();
+    for a in [&gz, &zst] {
+        let other = TestRoot::new();
+        other.ok(&["load", "-i", a.to_str().unwrap()]);
+        assert_eq!(
+            inspect(&other, "vessel-test/docker25:1")["Id"],
+            w.config_digest.as_str()
+        );
+    }
+}
+
+#[test]
+fn load_refuses_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.tar");
+    std::fs::write(&junk, b"this is not a tar archive at all").unwrap();
+    let root = TestRoot::new();
+    let err = root.fails(&["load", "-i", junk.to_str().unwrap()]);
+    assert!(err.contains("junk.tar"), "{err}");
+    let empty_layout = dir.path().join("empty");
+    std::fs::create_dir(&empty_layout).unwrap();
+    std::fs::write(empty_layout.join("hello"), b"hi").unwrap();
+    let t = dir.path().join("notimage.tar");
+    common::tar_dir(&empty_layout, &t);
+    let err = root.fails(&["load", "-i", t.to_str().unwrap()]);
+    assert!(err.contains("neither a docker-archive"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(root.path().join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

@@ -282,3 +282,56 @@ fn identical_layers_are_stored_once_and_counted_once() {
     let df = root.ok(&["system", "df"]);
     assert!(df.contains("Images"), "{df}");
 }
+
+/// Incompressible bytes, so the layer takes a while to move.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+#[test]
+fn interrupted_pull_leaves_a_consistent_store_and_the_next_pull_completes() {
+    let Some(reg) = Registry::start() else { return };
+    let img = TestImage::new("vessel-test/big:1")
+        .layer(
+            Layer::new(vec![Entry::file("big1", &noise(12 << 20, 1))])
+                .compressed(Compression::None),
+        )
+        .layer(
+            Layer::new(vec![Entry::file("big2", &noise(12 << 20, 2))])
+                .compressed(Compression::None),
+        );
+    reg.push_image(&img, "vessel-test/big:1");
+    let r = reg.reference("vessel-test/big:1");
+    let root = TestRoot::new();
+    // Interrupt at a few points: early in the download, later, during unpack.
+    for delay_ms in [50u64, 250, 600] {
+        let mut child = root
+            .cmd()
+            .args(["pull", "-q", &r])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        child.wait().unwrap();
+        // Opening the store sweeps the dead pull's temp files; what is left checks out.
+        let check = root.ok(&["system", "check"]);
+        assert!(check.starts_with("ok"), "after {delay_ms} ms: {check}");
+        assert!(temps_under(root.path()).is_empty(), "after {delay_ms} ms");
+    }
+    root.ok(&["pull", "-q", &r]);
+    let fs = rootfs_of(&root, &r);
+    assert_eq!(std::fs::metadata(fs.join("big2")).unwrap().len(), 12 << 20);
+    assert!(root.ok(&["system", "check"]).starts_with("ok"));
+}

@@ -175,14 +175,17 @@ impl Store {
             let named = name
                 .strip_prefix("blobs/sha256/")
                 .and_then(|h| Digest::from_hex(h).ok());
+            let before = named.as_ref().is_some_and(|d| self.content().has(d));
             let committed = w.commit(&Expect {
                 digest: named.as_ref(),
                 size: Some(size),
                 diff_id: None,
             })?;
-            // An identical blob already stored is simply replaced; whether it is still
-            // needed is decided at the end against what images use.
-            archive.created.insert(committed.digest.clone());
+            // Only blobs this load brought in are candidates for removal at the end;
+            // one that was already there may belong to a pull still in progress.
+            if !before {
+                archive.created.insert(committed.digest.clone());
+            }
             if let Some(s) = small {
                 archive.small.insert(name.clone(), s);
             }
