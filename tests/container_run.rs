@@ -1,39 +1,683 @@
-//! End-to-end tests of `vessel run --isolation container` on busybox-static test images.
+//! End-to-end tests of `vessel run --isolation container` on busybox-static test images:
+//! exit codes, streams, image-config semantics, the writable layer, namespaces, mounts,
+//! limits, and cleanup.
 
 mod common;
+#[path = "common/container.rs"]
+mod ctr;
 
-use common::{TestImage, TestRoot};
+use std::io::Write;
+use std::process::Stdio;
 
-fn skip() -> bool {
-    if !common::is_root() {
-        eprintln!("SKIP: container isolation needs root");
-        return true;
-    }
-    common::skip_without(&[common::BUSYBOX])
+use common::{Entry, Layer, TestImage, TestRoot};
+use ctr::{run, run_ok, stderr, stdout};
+
+fn busybox(root: &TestRoot, tag: &str) -> String {
+    root.load(&TestImage::new(&format!("vessel-test/ctr:{tag}")))
 }
 
 #[test]
-fn smoke() {
-    if skip() {
+fn exit_codes_follow_the_process_and_docker_conventions() {
+    if ctr::skip() {
         return;
     }
     let root = TestRoot::new();
-    let img = root.load(&TestImage::new("vessel-test/ctr:smoke"));
-    let out = root.run(&[
+    let img = busybox(&root, "exit");
+    assert_eq!(run(&root, &["--rm", &img, "true"]).status.code(), Some(0));
+    assert_eq!(
+        run(&root, &["--rm", &img, "sh", "-c", "exit 3"])
+            .status
+            .code(),
+        Some(3)
+    );
+    let o = run(&root, &["--rm", &img, "no-such-command"]);
+    assert_eq!(o.status.code(), Some(127), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("not found"), "stderr: {}", stderr(&o));
+    let o = run(&root, &["--rm", &img, "/etc/passwd"]);
+    assert_eq!(o.status.code(), Some(126), "stderr: {}", stderr(&o));
+    // vessel's own failure: an image that does not exist.
+    let o = run(
+        &root,
+        &["--rm", "--pull", "never", "vessel-test/absent:1", "true"],
+    );
+    assert_eq!(o.status.code(), Some(125), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).starts_with("vessel: "), "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn killed_by_a_signal_exits_128_plus_n() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "signal");
+    let child = ctr::run_cmd(&root, &["--name", "sig", &img, "sleep", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(ctr::wait_for(20, || ctr::ps_entry(&root, "sig")
+        .is_some_and(|v| v["State"] == "running")));
+    root.ok(&["kill", "-s", "KILL", "sig"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(137), "stderr: {}", stderr(&out));
+    let entry = ctr::ps_entry(&root, "sig").unwrap();
+    assert_eq!(entry["ExitCode"], 137);
+    root.ok(&["rm", "sig"]);
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate_and_stdin_is_piped() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "streams");
+    let o = run(
+        &root,
+        &["--rm", &img, "sh", "-c", "echo to-out; echo to-err >&2"],
+    );
+    assert_eq!(stdout(&o), "to-out\n");
+    assert_eq!(stderr(&o), "to-err\n");
+
+    let mut child = ctr::run_cmd(
+        &root,
+        &["--rm", "-i", &img, "sh", "-c", "tr a-z A-Z; echo done"],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped input\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "PIPED INPUT\ndone\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = ctr::run_cmd(&root, &["--rm", "-i", &img, "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello stdin\n");
+    // Without -i the process reads end of file at once.
+    assert_eq!(run_ok(&root, &["--rm", &img, "cat"]), "");
+}
+
+#[test]
+fn image_config_and_overrides() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = root.load(
+        &TestImage::new("vessel-test/ctr:config")
+            .entrypoint(&["/bin/sh", "-c"])
+            .cmd(&["echo image-cmd $GREETING $(pwd) $(id -u):$(id -g)"])
+            .env("GREETING=hello")
+            .workdir("/srv/app")
+            .user("app"),
+    );
+    // Entrypoint + Cmd, Env, WorkingDir (created), User by name from the image's passwd.
+    assert_eq!(
+        run_ok(&root, &["--rm", &img]),
+        "image-cmd hello /srv/app 1000:1000\n"
+    );
+    // COMMAND replaces Cmd, keeps the entrypoint; -e overrides, -w and -u override.
+    assert_eq!(
+        run_ok(
+            &root,
+            &[
+                "--rm",
+                "-e",
+                "GREETING=hi",
+                "-e",
+                "EXTRA=x",
+                "-w",
+                "/tmp",
+                "-u",
+                "0:1000",
+                &img,
+                "echo $GREETING $EXTRA $(pwd) $(id -u):$(id -g) $HOME",
+            ]
+        ),
+        "hi x /tmp 0:1000 /root\n"
+    );
+    // --entrypoint replaces the entrypoint and drops the image's Cmd.
+    assert_eq!(
+        run_ok(&root, &["--rm", "--entrypoint", "echo", &img, "plain"]),
+        "plain\n"
+    );
+    // Numeric user not in passwd; user by name with a group name.
+    assert_eq!(
+        run_ok(
+            &root,
+            &["--rm", "--entrypoint", "id", "-u", "4242:65534", &img, "-u"]
+        ),
+        "4242\n"
+    );
+    assert_eq!(
+        run_ok(
+            &root,
+            &[
+                "--rm",
+                "--entrypoint",
+                "id",
+                "-u",
+                "app:nogroup",
+                &img,
+                "-g"
+            ]
+        ),
+        "65534\n"
+    );
+    // --env-file.
+    let dir = tempfile::tempdir().unwrap();
+    let envf = dir.path().join("env");
+    std::fs::write(&envf, "# comment\nFROMFILE=yes\n\n").unwrap();
+    assert_eq!(
+        run_ok(
+            &root,
+            &[
+                "--rm",
+                "--env-file",
+                envf.to_str().unwrap(),
+                &img,
+                "echo $FROMFILE"
+            ]
+        ),
+        "yes\n"
+    );
+    // An unknown user is vessel's failure.
+    let o = run(&root, &["--rm", "-u", "nosuchuser", &img]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("nosuchuser"), "{}", stderr(&o));
+}
+
+#[test]
+fn writes_land_in_the_containers_own_layer() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "layer");
+    run_ok(
+        &root,
+        &[
+            "--name",
+            "one",
+            &img,
+            "sh",
+            "-c",
+            "echo one > /etc/marker; rm /bin/ls",
+        ],
+    );
+    run_ok(
+        &root,
+        &["--name", "two", &img, "sh", "-c", "echo two > /etc/marker"],
+    );
+    let image_rootfs = ctr::image_rootfs(&root);
+    assert!(
+        !image_rootfs.join("etc/marker").exists(),
+        "the image was written to"
+    );
+    assert!(
+        image_rootfs.join("bin/ls").exists(),
+        "a deletion reached the image"
+    );
+    let ps = ctr::ps_all(&root);
+    let id = |name: &str| {
+        ps.iter().find(|v| v["Names"] == name).unwrap()["ID"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let upper_one = ctr::containers_dir(&root).join(id("one")).join("upper");
+    let upper_two = ctr::containers_dir(&root).join(id("two")).join("upper");
+    assert_eq!(
+        std::fs::read_to_string(upper_one.join("etc/marker")).unwrap(),
+        "one\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper_two.join("etc/marker")).unwrap(),
+        "two\n"
+    );
+    // A third container sees neither write.
+    assert_eq!(
+        run_ok(
+            &root,
+            &[
+                "--rm",
+                &img,
+                "sh",
+                "-c",
+                "cat /etc/marker 2>/dev/null || echo absent; ls /bin/ls"
+            ]
+        ),
+        "absent\n/bin/ls\n"
+    );
+    root.ok(&["rm", "one", "two"]);
+    assert!(ctr::container_dirs(&root).is_empty());
+}
+
+#[test]
+fn rm_flag_leaves_nothing_behind() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "rm");
+    let o = run(
+        &root,
+        &[
+            "--rm",
+            "--memory",
+            "64m",
+            "--pids-limit",
+            "50",
+            &img,
+            "sh",
+            "-c",
+            "echo x > /f; cat /proc/self/cgroup",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let cg = stdout(&o);
+    let id = cg
+        .lines()
+        .find_map(|l| l.split("/vessel/").nth(1))
+        .expect("the process is in a vessel cgroup")
+        .trim()
+        .to_string();
+    assert!(
+        ctr::container_dirs(&root).is_empty(),
+        "{:?}",
+        ctr::container_dirs(&root)
+    );
+    assert!(
+        ctr::mounts_under(&root).is_empty(),
+        "{:?}",
+        ctr::mounts_under(&root)
+    );
+    assert!(
+        ctr::cgroups_of(&id).is_empty(),
+        "{:?}",
+        ctr::cgroups_of(&id)
+    );
+    assert!(ctr::ps_all(&root).is_empty());
+}
+
+#[test]
+fn namespaces_pid_uts_network() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "ns");
+    // PID namespace: the process is PID 1 and sees only its own processes.
+    let out = run_ok(
+        &root,
+        &[
+            "--rm",
+            &img,
+            "sh",
+            "-c",
+            "echo $$; sleep 1 & ps -o pid,comm",
+        ],
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("1"));
+    let procs: Vec<&str> = lines.skip(1).collect();
+    assert!(
+        procs.len() <= 3,
+        "ps shows more than its own processes: {procs:?}"
+    );
+    // Zombies are reaped: an orphan's exit leaves no zombie behind.
+    let out = run_ok(
+        &root,
+        &[
+            "--rm",
+            &img,
+            "sh",
+            "-c",
+            "(sleep 0.2 &) ; sleep 1; ps -o stat | grep -c Z || true",
+        ],
+    );
+    assert_eq!(out.trim(), "0", "zombies: {out}");
+    // UTS.
+    assert_eq!(
+        run_ok(&root, &["--rm", "--hostname", "box1", &img, "hostname"]),
+        "box1\n"
+    );
+    // Network none: only loopback, and it is up.
+    let out = run_ok(
+        &root,
+        &[
+            "--rm",
+            &img,
+            "sh",
+            "-c",
+            "ls /sys/class/net; cat /sys/class/net/lo/flags",
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "lo", "interfaces: {out}");
+    assert_eq!(lines.len(), 2, "interfaces: {out}");
+    let flags = u32::from_str_radix(lines[1].trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "lo is down");
+    // Network host: the host's interfaces.
+    let host_ifaces = std::fs::read_dir("/sys/class/net").unwrap().count();
+    let out = run_ok(
+        &root,
+        &["--rm", "--network", "host", &img, "ls", "/sys/class/net"],
+    );
+    assert_eq!(out.lines().count(), host_ifaces);
+}
+
+#[test]
+fn security_defaults() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "sec");
+    let status = run_ok(&root, &["--rm", &img, "cat", "/proc/self/status"]);
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    // docker's default capability set.
+    assert_eq!(field("CapEff:"), "00000000a80425fb");
+    assert_eq!(field("CapBnd:"), "00000000a80425fb");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+    let status = run_ok(
+        &root,
+        &[
+            "--rm",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "CHOWN",
+            &img,
+            "cat",
+            "/proc/self/status",
+        ],
+    );
+    assert!(status.contains("CapEff:\t0000000000000001"), "{status}");
+    // Masked and read-only paths, read-only /sys, minimal /dev.
+    let out = run_ok(
+        &root,
+        &["--rm", &img, "sh", "-c",
+          "cat /proc/kcore | wc -c; echo 1 > /proc/sys/kernel/hostname 2>/dev/null || echo ro-proc; \
+           touch /sys/x 2>/dev/null || echo ro-sys; ls /dev | sort | tr '\\n' ' '"],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].trim(), "0");
+    assert_eq!(lines[1], "ro-proc");
+    assert_eq!(lines[2], "ro-sys");
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm",
+    ] {
+        assert!(
+            lines[3].split(' ').any(|d| d == dev),
+            "/dev lacks {dev}: {}",
+            lines[3]
+        );
+    }
+    // The default seccomp profile refuses what it lists even with the capability added:
+    // with CAP_SYS_ADMIN alone, swapon on /dev/null would fail with EINVAL, not EPERM.
+    let img2 = root.load(
+        &TestImage::new("vessel-test/ctr:sec2")
+            .layer(Layer::new(vec![Entry::symlink("bin/swapon", "busybox")])),
+    );
+    let o = run(
+        &root,
+        &[
+            "--rm",
+            "--cap-add",
+            "SYS_ADMIN",
+            &img2,
+            "swapon",
+            "/dev/null",
+        ],
+    );
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn read_only_root_tmpfs_and_bind_mounts() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "mounts");
+    let o = run(&root, &["--rm", "--read-only", &img, "touch", "/x"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("Read-only"), "{}", stderr(&o));
+    assert_eq!(
+        run_ok(
+            &root,
+            &[
+                "--rm",
+                "--read-only",
+                "--tmpfs",
+                "/scratch",
+                &img,
+                "sh",
+                "-c",
+                "echo ok > /scratch/f && cat /scratch/f"
+            ]
+        ),
+        "ok\n"
+    );
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in"), "from host\n").unwrap();
+    let h = host.path().to_str().unwrap();
+    assert_eq!(
+        run_ok(
+            &root,
+            &[
+                "--rm",
+                "-v",
+                &format!("{h}:/data"),
+                &img,
+                "sh",
+                "-c",
+                "cat /data/in; echo written > /data/out"
+            ]
+        ),
+        "from host\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out")).unwrap(),
+        "written\n"
+    );
+    let o = run(
+        &root,
+        &[
+            "--rm",
+            "-v",
+            &format!("{h}:/data:ro"),
+            &img,
+            "sh",
+            "-c",
+            "cat /data/in; echo no > /data/out2",
+        ],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "from host\n");
+    assert!(!host.path().join("out2").exists());
+}
+
+#[test]
+fn memory_limit_kills_and_is_reported_as_oom() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "oom");
+    // tail keeps the whole (newline-free) input in memory.
+    let o = run(
+        &root,
+        &[
+            "--name",
+            "hog",
+            "--memory",
+            "32m",
+            &img,
+            "sh",
+            "-c",
+            "head -c 200m /dev/zero | tail > /dev/null",
+        ],
+    );
+    let entry = ctr::ps_entry(&root, "hog").unwrap();
+    assert_eq!(
+        entry["OOMKilled"],
+        true,
+        "ps: {entry}, stderr: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("out of memory"),
+        "stderr: {}",
+        stderr(&o)
+    );
+    assert!(entry["Status"].as_str().unwrap().contains("OOM"), "{entry}");
+    // Within the limit it runs normally.
+    assert_eq!(
+        run_ok(
+            &root,
+            &[
+                "--rm",
+                "--memory",
+                "64m",
+                &img,
+                "sh",
+                "-c",
+                "head -c 8m /dev/zero | tail | wc -c"
+            ]
+        ),
+        "8388608\n"
+    );
+    root.ok(&["rm", "hog"]);
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "pids");
+    let out = run(&root, &["--rm", "--pids-limit", "10", &img, "sh", "-c",
+        "i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done 2>/dev/null; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null; ls /proc | grep -c '^[0-9]'; kill $(jobs -p) 2>/dev/null; exit 0"]);
+    let text = stdout(&out);
+    let count: usize = text
+        .lines()
+        .last()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(99);
+    assert!(
+        count <= 10,
+        "{count} processes ran under a limit of 10: {text} {}",
+        stderr(&out)
+    );
+    // The same loop without a limit starts them all.
+    let out = run_ok(
+        &root,
+        &[
+            "--rm",
+            &img,
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 40 ]; do sleep 5 & i=$((i+1)); done; ls /proc | grep -c '^[0-9]'",
+        ],
+    );
+    assert!(out.trim().parse::<usize>().unwrap() > 40, "{out}");
+}
+
+#[test]
+fn cpu_quota_is_applied() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "cpu");
+    root.ok(&[
         "run",
-        "--rm",
+        "-d",
         "--isolation",
         "container",
+        "--name",
+        "quota",
+        "--cpus",
+        "1.5",
         &img,
-        "sh",
-        "-c",
-        "echo hi; hostname; id; ls /; cat /proc/1/cmdline; exit 3",
+        "sleep",
+        "60",
     ]);
-    eprintln!(
-        "stdout: {}\nstderr: {}\nstatus: {:?}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        out.status
+    let id = ctr::ps_entry(&root, "quota").unwrap()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v1 = format!("/sys/fs/cgroup/cpu/vessel/{id}/cpu.cfs_quota_us");
+    let v2 = format!("/sys/fs/cgroup/vessel/{id}/cpu.max");
+    let quota = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .expect("the container's cpu cgroup");
+    root.ok(&["rm", "-f", "quota"]);
+    assert_eq!(quota.split_whitespace().next(), Some("150000"), "{quota}");
+    assert!(ctr::cgroups_of(&id).is_empty());
+}
+
+#[test]
+fn tty_gives_the_process_a_terminal() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "tty");
+    let out = run_ok(
+        &root,
+        &[
+            "--rm",
+            "-t",
+            &img,
+            "sh",
+            "-c",
+            "test -t 0 && test -t 1 && echo is-a-tty; echo $TERM",
+        ],
     );
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.replace('\r', ""), "is-a-tty\nxterm\n");
+    let out = run_ok(
+        &root,
+        &["--rm", &img, "sh", "-c", "test -t 1 || echo not-a-tty"],
+    );
+    assert_eq!(out, "not-a-tty\n");
 }

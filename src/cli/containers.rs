@@ -103,11 +103,26 @@ pub struct RunArgs {
     /// When to pull the image.
     #[arg(long, value_enum, default_value = "missing")]
     pub pull: PullPolicy,
-    /// Image reference or ID.
-    pub image: String,
-    /// Command and arguments (override the image's Cmd).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
+    /// IMAGE [COMMAND [ARG...]]: everything after the image is the command, flags included.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND [ARG...]]"
+    )]
+    pub argv: Vec<String>,
+}
+
+impl RunArgs {
+    /// The image reference.
+    fn image(&self) -> &str {
+        &self.argv[0]
+    }
+
+    /// The command that overrides the image's Cmd.
+    fn command(&self) -> &[String] {
+        &self.argv[1..]
+    }
 }
 
 /// Arguments of `vessel ps`.
@@ -185,11 +200,15 @@ pub struct ExecArgs {
     /// User[:group].
     #[arg(short = 'u', long)]
     pub user: Option<String>,
-    /// Container name or ID.
-    pub container: String,
-    /// Command and arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
+    /// CONTAINER COMMAND [ARG...]: everything after the container is the command.
+    #[arg(
+        required = true,
+        num_args = 2..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CONTAINER COMMAND [ARG...]"
+    )]
+    pub argv: Vec<String>,
 }
 
 /// Arguments of the hidden supervisor of a detached container.
@@ -217,6 +236,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("invalid size {s:?}"));
     }
     Ok((n * mult as f64) as u64)
+}
+
+/// The state root as an absolute path: it ends up in mount options and runtime specs,
+/// which must not depend on the current directory.
+fn absolute(root: &Path) -> Result<PathBuf> {
+    std::path::absolute(root).with_context(|| format!("resolving {}", root.display()))
 }
 
 fn open(root: &Path) -> Result<(Store, Records)> {
@@ -273,8 +298,9 @@ pub fn run(root: &Path, args: RunArgs) -> ExitCode {
 }
 
 fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
     let (store, records) = open(root)?;
-    let img = image::resolve(&store, &args.image, args.pull)?;
+    let img = image::resolve(&store, args.image(), args.pull)?;
     let id = names::new_id().context("generating a container ID")?;
     let name = match &args.name {
         Some(n) if !names::valid_name(n) => {
@@ -290,7 +316,7 @@ fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
     env.extend(args.env.iter().cloned());
     let overrides = Overrides {
         entrypoint: args.entrypoint.clone(),
-        command: args.command.clone(),
+        command: args.command().to_vec(),
         env,
         workdir: args.workdir.clone(),
         user: args.user.clone(),
@@ -342,7 +368,7 @@ fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
     let record = Record {
         id: id.clone(),
         name,
-        image: args.image.clone(),
+        image: args.image().to_string(),
         image_id: img.id.clone(),
         command: spec.process.args.clone(),
         created: now(),
@@ -466,6 +492,7 @@ fn start_detached(
 
 /// The hidden `__supervise` command: runs a detached container to its end.
 pub fn supervise(root: &Path, args: SuperviseArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
     // SAFETY: the descriptor was created for us by the parent `run -d` and passed by
     // number; nothing else in this process owns it.
     let mut ready = Some(unsafe { File::from_raw_fd(args.ready_fd) });
@@ -547,6 +574,7 @@ fn quote_command(args: &[String]) -> String {
 
 /// `vessel ps`.
 pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
     let (_store, records) = open(root)?;
     let list: Vec<Record> = records
         .list()?
@@ -636,6 +664,7 @@ fn is_live(records: &Records, id: &str) -> bool {
 
 /// `vessel logs`.
 pub fn logs(root: &Path, args: LogsArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
     let (_store, records) = open(root)?;
     let r = records.find(&args.container)?;
     let path = layout::log_file(&layout::container_dir(root, &r.id));
@@ -724,6 +753,7 @@ fn for_each(refs: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<Ex
 
 /// `vessel stop`.
 pub fn stop(root: &Path, args: StopArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
     let (store, records) = open(root)?;
     for_each(&args.containers, |c| {
         let r = records.find(c)?;
@@ -752,6 +782,7 @@ pub fn stop(root: &Path, args: StopArgs) -> Result<ExitCode> {
 
 /// `vessel kill`.
 pub fn kill(root: &Path, args: KillArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
     let (_store, records) = open(root)?;
     let sig = parse_signal(&args.signal)?;
     for_each(&args.containers, |c| {
@@ -767,6 +798,7 @@ pub fn kill(root: &Path, args: KillArgs) -> Result<ExitCode> {
 
 /// `vessel rm`.
 pub fn rm(root: &Path, args: RmArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
     let (store, records) = open(root)?;
     for_each(&args.containers, |c| {
         let r = records.find(c)?;
@@ -800,10 +832,12 @@ pub fn exec(root: &Path, args: ExecArgs) -> ExitCode {
 }
 
 fn exec_inner(root: &Path, args: ExecArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
     let (_store, records) = open(root)?;
-    let r = records.find(&args.container)?;
+    let container = &args.argv[0];
+    let r = records.find(container)?;
     if r.state != State::Running {
-        bail!("container {} is not running", args.container);
+        bail!("container {container} is not running");
     }
     let dir = layout::container_dir(root, &r.id);
     let spec: LaunchSpec = serde_json::from_slice(
@@ -811,7 +845,7 @@ fn exec_inner(root: &Path, args: ExecArgs) -> Result<ExitCode> {
     )
     .context("parsing launch.json")?;
     let mut p: ProcessSpec = spec.process.clone();
-    p.args = args.command.clone();
+    p.args = args.argv[1..].to_vec();
     p.terminal = args.tty;
     for e in &args.env {
         let entry = if e.contains('=') {
