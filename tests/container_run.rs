@@ -681,3 +681,121 @@ fn tty_gives_the_process_a_terminal() {
     );
     assert_eq!(out, "not-a-tty\n");
 }
+
+#[test]
+fn ctrl_c_and_signals_reach_the_process() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "sigint");
+    // Without a terminal, vessel forwards the SIGINT it receives.
+    let child = ctr::run_cmd(
+        &root,
+        &[
+            "--rm",
+            "--name",
+            "int",
+            &img,
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 9' INT; echo ready; while true; do sleep 0.1; done",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert!(ctr::wait_for(20, || ctr::ps_entry(&root, "int")
+        .is_some_and(|v| v["State"] == "running")));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: sending a signal has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(9), "stderr: {}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\ngot-int\n");
+}
+
+#[test]
+fn terminal_size_resizes_and_ctrl_c_through_the_pty() {
+    if ctr::skip() {
+        return;
+    }
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let root = TestRoot::new();
+    let img = root.load(
+        &TestImage::new("vessel-test/ctr:pty")
+            .layer(Layer::new(vec![Entry::symlink("bin/stty", "busybox")])),
+    );
+    let ws = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = root
+        .cmd()
+        .args([
+            "run",
+            "--isolation",
+            "container",
+            "--rm",
+            "-i",
+            "-t",
+            &img,
+            "sh",
+            "-c",
+            "stty size; trap 'echo got-int; stty size; exit 4' INT; echo waiting; \
+                while true; do sleep 0.1; done",
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let read_until = |master: &mut std::fs::File, seen: &mut String, buf: &mut [u8], pat: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !seen.contains(pat) && std::time::Instant::now() < deadline {
+            match master.read(buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        seen.contains(pat)
+    };
+    assert!(
+        read_until(&mut master, &mut seen, &mut buf, "waiting"),
+        "{seen:?}"
+    );
+    assert!(seen.contains("33 101"), "initial size not passed: {seen:?}");
+    // Resize our terminal; vessel gets SIGWINCH (the kernel sends it to the foreground
+    // process group) and passes the size on.
+    let ws2 = nix::pty::Winsize {
+        ws_row: 20,
+        ws_col: 70,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+    unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws2) };
+    // SAFETY: sending a signal has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGWINCH) };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Ctrl-C typed on the terminal reaches the container's process through its terminal.
+    use std::io::Write;
+    master.write_all(b"\x03").unwrap();
+    assert!(
+        read_until(&mut master, &mut seen, &mut buf, "got-int"),
+        "{seen:?}"
+    );
+    let status = child.wait().unwrap();
+    let _ = read_until(&mut master, &mut seen, &mut buf, "20 70");
+    assert_eq!(status.code(), Some(4), "{seen:?}");
+    assert!(seen.contains("20 70"), "resize not passed: {seen:?}");
+}
