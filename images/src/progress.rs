@@ -48,6 +48,11 @@ impl Progress {
         }
     }
 
+    /// A blob the store already has.
+    pub fn present(&self, name: &str) {
+        self.note(&format!("{name}: already present"));
+    }
+
     /// Starts showing a blob download of `size` bytes named `name` (a short digest).
     pub fn blob(&self, name: &str, size: u64) -> BlobProgress {
         match self {

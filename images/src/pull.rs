@@ -378,9 +378,7 @@ impl Store {
                         if k.diff_id == diff_id.to_string()
                             && self.content().has(&Digest::try_from(desc.digest())?)
                         {
-                            progress
-                                .blob(&short(&d), desc.size())
-                                .finish("already present");
+                            progress.present(&short(&d));
                             return Ok::<_, StoreError>(LayerRecord {
                                 media_type: desc.media_type().to_string(),
                                 ..k.clone()
