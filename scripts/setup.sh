@@ -17,7 +17,7 @@ need_root() {
 PACKAGES=(
     build-essential pkg-config libssl-dev libseccomp-dev musl-tools
     docker-registry apache2-utils skopeo umoci runc
-    qemu-system-x86 acpica-tools busybox-static e2fsprogs cpio zstd xz-utils
+    qemu-system-x86 acpica-tools busybox-static e2fsprogs cpio zstd xz-utils lz4
     iproute2 procps hyperfine
 )
 missing=()

@@ -88,6 +88,23 @@ pub const EXIT_HOST_ERROR: i32 = 1;
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: i32 = 2;
 
+/// The instruction bytes KVM attaches to an emulation failure
+/// (`KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES`): `data[0]` holds the
+/// flags, then a byte with the length and up to 15 instruction bytes.
+pub fn emulation_failure_bytes(suberror: u32, data: &[u64]) -> Option<Vec<u8>> {
+    if suberror != KVM_INTERNAL_ERROR_EMULATION || data.first()? & 1 == 0 {
+        return None;
+    }
+    let raw: Vec<u8> = data
+        .iter()
+        .skip(1)
+        .take(2)
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let (&len, bytes) = raw.split_first()?;
+    Some(bytes[..usize::from(len).min(bytes.len())].to_vec())
+}
+
 /// What a KVM internal-error suberror means.
 pub fn describe_suberror(suberror: u32) -> &'static str {
     match suberror {
@@ -127,6 +144,12 @@ impl fmt::Display for ExitReason {
                 )?;
                 if let Some(rip) = rip {
                     write!(f, ", rip {rip:#x}")?;
+                }
+                if let Some(bytes) = emulation_failure_bytes(*suberror, data) {
+                    write!(f, ", instruction bytes")?;
+                    for b in bytes {
+                        write!(f, " {b:02x}")?;
+                    }
                 }
                 if !data.is_empty() {
                     write!(f, ", data [")?;
@@ -181,6 +204,20 @@ mod tests {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), n);
+    }
+
+    #[test]
+    fn emulation_failure_bytes_are_decoded() {
+        // As seen here: kvm_pvm failing `lock cmpxchg16b [rbp+0x20]` in a Linux boot.
+        let data = [0x1, 0x7420_4dc7_0f48_f00f, 0x894d_0824_448b_4c66, 0x1000];
+        let bytes = emulation_failure_bytes(1, &data).unwrap();
+        assert_eq!(bytes.len(), 15);
+        assert_eq!(&bytes[..6], &[0xf0, 0x48, 0x0f, 0xc7, 0x4d, 0x20]);
+        assert_eq!(emulation_failure_bytes(1, &[0]), None);
+        assert_eq!(emulation_failure_bytes(2, &data), None);
+        assert_eq!(emulation_failure_bytes(1, &[1]), None);
+        // A lying length byte is clamped to what is there.
+        assert_eq!(emulation_failure_bytes(1, &[1, 0xff]).unwrap().len(), 7);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod exit;
 pub mod memory;
 pub mod tiny_guest;
 pub mod vcpu;
+pub mod virtio_config;
 pub mod vm;
 
 pub use config::VmConfig;

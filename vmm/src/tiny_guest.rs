@@ -170,17 +170,20 @@ pub fn elf64(code: &[u8], pvh: bool) -> Vec<u8> {
     elf
 }
 
-/// The benchmark guest: PVH (32-bit) entry, prints `ready\n` on COM1, then exits
-/// through QEMU's isa-debug-exit and this VMM's ACPI power-off (each VMM ignores
-/// the other's port).
-pub fn benchmark_guest() -> Vec<u8> {
+/// The benchmark guest: PVH (32-bit) entry, prints `ready\n` on COM1. With
+/// `exit`, it then leaves through QEMU's isa-debug-exit and this VMM's ACPI
+/// power-off (each VMM ignores the other's port); without, it halts with
+/// interrupts off so the harness can measure the idle VMM.
+pub fn benchmark_guest(exit: bool) -> Vec<u8> {
     let mut asm = Asm::new();
-    asm.out_bytes(COM1, b"ready\n")
-        .mov_dx(ISA_DEBUG_EXIT_PORT)
-        .mov_al(0)
-        .out_dx_al()
-        .power_off()
-        .halt_forever();
+    asm.out_bytes(COM1, b"ready\n");
+    if exit {
+        asm.mov_dx(ISA_DEBUG_EXIT_PORT)
+            .mov_al(0)
+            .out_dx_al()
+            .power_off();
+    }
+    asm.raw(&[0xfa]).halt_forever(); // cli
     elf64(&asm.code, true)
 }
 

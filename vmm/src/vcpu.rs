@@ -126,11 +126,21 @@ pub fn install_kick_handler() -> Result<(), VmmError> {
 
 /// Runs one vCPU until the VM ends.
 pub fn run_vcpu(mut fd: VcpuFd, ctx: VcpuContext) {
+    let mut exits = 0u64;
     while !ctx.exit.stopping() {
+        exits += 1;
         if let Some(outcome) = run_once(&mut fd, &ctx) {
             ctx.exit.report(outcome);
             return;
         }
+    }
+    if std::env::var_os("VESSEL_VMM_TRACE").is_some() {
+        eprintln!(
+            "vcpu{} exits {exits} regs {:x?} sregs {:x?}",
+            ctx.id,
+            fd.get_regs(),
+            fd.get_sregs().map(|s| (s.cr0, s.cr3, s.cr4, s.efer, s.cs))
+        );
     }
 }
 

@@ -13,9 +13,10 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::acpi::{create_acpi_tables, MmioDeviceInfo};
 use crate::boot::loader::{self, LoadRequest};
 use crate::boot::regs::setup_boot_vcpu;
-use crate::config::{SerialOutput, VmConfig};
+use crate::config::{KernelFormat, SerialOutput, VmConfig};
 use crate::device_manager::Devices;
 use crate::devices::virtio::VirtioDevice;
 use crate::error::VmmError;
@@ -23,6 +24,7 @@ use crate::event_loop::EventLoop;
 use crate::exit::ExitReason;
 use crate::memory::{self, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::vcpu::{self, ExitSignal, VcpuContext};
+use crate::virtio_config;
 
 /// How long `run` waits for vCPU threads to leave `KVM_RUN` after the VM ends.
 const VCPU_STOP_PATIENCE: Duration = Duration::from_secs(2);
@@ -90,7 +92,7 @@ impl Vm {
         extra: Vec<Box<dyn VirtioDevice>>,
     ) -> Result<Self, VmmError> {
         config.validate()?;
-        let mut virtio = virtio_devices(config)?;
+        let mut virtio = virtio_config::virtio_devices(config)?;
         virtio.extend(extra);
         vcpu::install_kick_handler()?;
         let kvm = Kvm::new().map_err(|e| VmmError::Kvm("open /dev/kvm", e))?;
@@ -113,7 +115,24 @@ impl Vm {
             .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
 
         let devices = Devices::new(&vm, &mem, serial_out, virtio)?;
-        let rsdp = None;
+        // Raw images are not ACPI-aware; Linux needs the tables to find its devices.
+        let rsdp = match config.kernel_format {
+            KernelFormat::Linux => {
+                let mmio: Vec<MmioDeviceInfo> = devices
+                    .slots
+                    .iter()
+                    .map(|s| MmioDeviceInfo {
+                        base: s.base,
+                        size: s.len,
+                        irq: s.gsi,
+                    })
+                    .collect();
+                let rsdp = create_acpi_tables(&mem, config.vcpus, &mmio)
+                    .map_err(|e| VmmError::Device("ACPI tables".into(), e.to_string()))?;
+                Some(rsdp.0)
+            }
+            KernelFormat::Raw { .. } => None,
+        };
         let plan = loader::load(
             &mem,
             &LoadRequest {
@@ -217,16 +236,4 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
             .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
     Ok(())
-}
-
-/// The virtio devices `config` asks for, in guest order: disks, then the console.
-fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
-    let devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    if !config.disks.is_empty() || config.console != crate::config::ConsoleConfig::None {
-        return Err(VmmError::Device(
-            "virtio".into(),
-            "virtio-blk and virtio-console are not wired in yet".into(),
-        ));
-    }
-    Ok(devices)
 }
