@@ -314,3 +314,228 @@ fn guest_drives_virtio_mmio_probe_and_notify() {
     assert_eq!(notified.load(Ordering::SeqCst), 1);
     assert_eq!(acked.load(Ordering::SeqCst), 1 << 32);
 }
+
+/// Runs the `vessel-vmm` binary on `config_json`; returns its exit code and stdout.
+fn run_binary(config_json: &str) -> (i32, Vec<u8>) {
+    let file = temp_file(config_json.as_bytes());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .expect("run vessel-vmm");
+    (out.status.code().unwrap_or(-1), out.stdout)
+}
+
+#[test]
+fn binary_exit_codes_say_how_the_vm_ended() {
+    // Usage and host errors need no KVM.
+    assert_eq!(run_binary("{not json").0, 2);
+    assert_eq!(run_binary(r#"{"kernel": "/k", "vcpus": 0}"#).0, 2);
+    let missing = r#"{"kernel": "/nonexistent/kernel", "memory_mib": 16}"#;
+    if skip_without_kvm() {
+        return;
+    }
+    assert_eq!(run_binary(missing).0, 1);
+
+    let raw = |code: &[u8], mode: &str| {
+        let file = temp_file(code);
+        let json = format!(
+            r#"{{"kernel": "{}", "kernel_format": {{"type": "raw", "load_address": 4096, "entry": 4096, "mode": "{mode}"}},
+                "memory_mib": 16, "serial": {{"type": "stdout"}}, "timeout_ms": 3000}}"#,
+            file.path().display()
+        );
+        run_binary(&json)
+    };
+    let mut off = Asm::real_mode();
+    off.out_bytes(COM1, b"bye").power_off().halt_forever();
+    assert_eq!(raw(&off.code, "real"), (0, b"bye".to_vec()));
+    let mut reset = Asm::real_mode();
+    reset.mov_dx(0x64).mov_al(0xfe).out_dx_al().halt_forever();
+    assert_eq!(raw(&reset.code, "real").0, 3);
+    assert_eq!(
+        raw(&[0xeb, 0xfe], "real").0,
+        8,
+        "spinning guest must time out"
+    );
+    let mut int3 = Asm::new();
+    int3.raw(&[0xcc]).halt_forever();
+    let code = raw(&int3.code, "long").0;
+    assert!(code == 5 || code == 4, "int3 without IDT: exit code {code}");
+}
+
+#[test]
+fn guest_transmits_on_virtio_console() {
+    use std::io::Read;
+    use std::os::fd::IntoRawFd;
+    use vessel_vmm::config::ConsoleConfig;
+
+    if skip_without_kvm() {
+        return;
+    }
+    let (mut host, guest_end) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = guest_end.into_raw_fd();
+    let base = VIRTIO_MMIO_START as u32;
+    let mut asm = Asm::new();
+    asm.load_eax(base + 0x008).out_eax_bytes(); // device id: 3 = console
+    asm.store(base + 0x070, 0)
+        .store(base + 0x070, 1)
+        .store(base + 0x070, 3)
+        .store(base + 0x024, 1)
+        .store(base + 0x020, 1) // VERSION_1 only
+        .store(base + 0x024, 0)
+        .store(base + 0x020, 0)
+        .store(base + 0x070, 0xb);
+    // receiveq (0) and transmitq (1): 16 entries each, rings in separate pages.
+    for (queue, page) in [(0u32, 0x20000u32), (1, 0x10000)] {
+        asm.store(base + 0x030, queue)
+            .store(base + 0x038, 16)
+            .store(base + 0x080, page)
+            .store(base + 0x084, 0)
+            .store(base + 0x090, page + 0x1000)
+            .store(base + 0x094, 0)
+            .store(base + 0x0a0, page + 0x2000)
+            .store(base + 0x0a4, 0)
+            .store(base + 0x044, 1);
+    }
+    asm.store(base + 0x070, 0xf); // DRIVER_OK
+                                  // Descriptor 0: 5 bytes at 0x16000, device-readable; "hello" there.
+    asm.store(0x10000, 0x16000)
+        .store(0x10004, 0)
+        .store(0x10008, 5)
+        .store(0x1000c, 0)
+        .store(0x16000, u32::from_le_bytes(*b"hell"))
+        .store(0x16004, u32::from(b'o'))
+        .store(0x11004, 0) // avail.ring[0] = descriptor 0
+        .store(0x11000, 1 << 16) // avail.flags = 0, avail.idx = 1
+        .store(base + 0x050, 1); // notify transmitq
+    let spin = asm.code.len();
+    asm.load_eax(base + 0x060).raw(&[0x85, 0xc0, 0x74]);
+    let rel = spin as i64 - (asm.code.len() as i64 + 1);
+    asm.raw(&[rel as i8 as u8])
+        .store(base + 0x064, 1)
+        // used.idx (bytes 2..3 of the used ring) to the serial port
+        .load_eax(0x12000)
+        .out_eax_bytes()
+        .power_off()
+        .halt_forever();
+
+    let file = temp_file(&asm.code);
+    let mut config = config_for(
+        file.path(),
+        KernelFormat::Raw {
+            load_address: 0x10_0000,
+            entry: 0x10_0000,
+            mode: EntryMode::Protected,
+        },
+    );
+    config.console = ConsoleConfig::Fds {
+        input: fd,
+        output: fd,
+    };
+    let serial = SharedBuf::default();
+    let reason = Vm::with_serial(&config, Box::new(serial.clone()))
+        .unwrap()
+        .run()
+        .unwrap();
+    let out = serial.contents();
+    assert_eq!(reason, ExitReason::PowerOff, "serial: {out:x?}");
+    assert_eq!(&out[..4], &3u32.to_le_bytes());
+    // used.flags = 0, used.idx = 1: the device consumed the chain.
+    assert_eq!(&out[4..8], &(1u32 << 16).to_le_bytes());
+    host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut got = [0u8; 5];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello");
+}
+
+#[test]
+fn guest_reads_a_sector_from_virtio_blk() {
+    use vessel_vmm::config::DiskConfig;
+
+    if skip_without_kvm() {
+        return;
+    }
+    let mut image = vec![0u8; 4096];
+    image[..4].copy_from_slice(b"DISK");
+    image[512..516].copy_from_slice(b"SEC1");
+    let disk = temp_file(&image);
+    let base = VIRTIO_MMIO_START as u32;
+    let mut asm = Asm::new();
+    asm.load_eax(base + 0x008).out_eax_bytes(); // device id: 2 = block
+    asm.store(base + 0x070, 0)
+        .store(base + 0x070, 1)
+        .store(base + 0x070, 3)
+        .store(base + 0x024, 1)
+        .store(base + 0x020, 1)
+        .store(base + 0x024, 0)
+        .store(base + 0x020, 0)
+        .store(base + 0x070, 0xb)
+        .store(base + 0x030, 0)
+        .store(base + 0x038, 16)
+        .store(base + 0x080, 0x10000)
+        .store(base + 0x084, 0)
+        .store(base + 0x090, 0x11000)
+        .store(base + 0x094, 0)
+        .store(base + 0x0a0, 0x12000)
+        .store(base + 0x0a4, 0)
+        .store(base + 0x044, 1)
+        .store(base + 0x070, 0xf);
+    // Request header at 0x16000: type IN (0), sector 1.
+    asm.store(0x16000, 0)
+        .store(0x16004, 0)
+        .store(0x16008, 1)
+        .store(0x1600c, 0)
+        .store(0x17200, 0xff); // status byte, overwritten by the device
+                               // desc0: header (16 bytes, NEXT) → desc1: data 512 bytes (WRITE|NEXT) → desc2: status (WRITE)
+    for (i, (addr, len, flags, next)) in [
+        (0x16000u32, 16u32, 1u32, 1u32),
+        (0x17000, 512, 3, 2),
+        (0x17200, 1, 2, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let d = 0x10000 + 16 * i as u32;
+        asm.store(d, addr)
+            .store(d + 4, 0)
+            .store(d + 8, len)
+            .store(d + 12, flags | (next << 16));
+    }
+    asm.store(0x11004, 0)
+        .store(0x11000, 1 << 16)
+        .store(base + 0x050, 0);
+    let spin = asm.code.len();
+    asm.load_eax(base + 0x060).raw(&[0x85, 0xc0, 0x74]);
+    let rel = spin as i64 - (asm.code.len() as i64 + 1);
+    asm.raw(&[rel as i8 as u8])
+        .load_eax(0x17000) // first 4 bytes of sector 1
+        .out_eax_bytes()
+        .load_eax(0x17200) // status (0 = OK)
+        .out_eax_bytes()
+        .power_off()
+        .halt_forever();
+
+    let file = temp_file(&asm.code);
+    let mut config = config_for(
+        file.path(),
+        KernelFormat::Raw {
+            load_address: 0x10_0000,
+            entry: 0x10_0000,
+            mode: EntryMode::Protected,
+        },
+    );
+    config.disks.push(DiskConfig {
+        path: disk.path().to_owned(),
+        read_only: true,
+    });
+    let serial = SharedBuf::default();
+    let reason = Vm::with_serial(&config, Box::new(serial.clone()))
+        .unwrap()
+        .run()
+        .unwrap();
+    let out = serial.contents();
+    assert_eq!(reason, ExitReason::PowerOff, "serial: {out:x?}");
+    assert_eq!(&out[..4], &2u32.to_le_bytes());
+    assert_eq!(&out[4..8], b"SEC1");
+    assert_eq!(out[8], 0, "virtio-blk status");
+}
