@@ -18,7 +18,7 @@ PACKAGES=(
     build-essential pkg-config libssl-dev libseccomp-dev musl-tools
     docker-registry apache2-utils skopeo umoci runc
     qemu-system-x86 acpica-tools busybox-static e2fsprogs cpio zstd xz-utils lz4
-    iproute2 procps hyperfine
+    iproute2 procps hyperfine openssl
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -784,10 +784,6 @@ impl Registry {
             return None;
         }
         let dir = tempfile::tempdir().expect("registry dir");
-        let storage = dir.path().join("storage");
-        std::fs::create_dir_all(&storage).expect("storage dir");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
         let mut auth_cfg = String::new();
         if let Some((user, pass)) = &auth {
             let htpasswd = dir.path().join("htpasswd");
@@ -804,6 +800,31 @@ impl Registry {
                 htpasswd.display()
             );
         }
+        Registry::start_with_config(dir, &auth_cfg, auth)
+    }
+
+    /// Starts a registry whose config gets `auth_yaml` (a complete top-level `auth:`
+    /// section, or empty); `creds` are what [`Registry::push`] passes to skopeo.
+    pub fn start_with_auth_config(
+        auth_yaml: &str,
+        creds: Option<(String, String)>,
+    ) -> Option<Registry> {
+        if skip_without(&[REGISTRY_BIN, "skopeo"]) {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("registry dir");
+        Registry::start_with_config(dir, auth_yaml, creds)
+    }
+
+    fn start_with_config(
+        dir: tempfile::TempDir,
+        auth_cfg: &str,
+        auth: Option<(String, String)>,
+    ) -> Option<Registry> {
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).expect("storage dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_cfg}",
             storage.display()
