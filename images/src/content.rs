@@ -286,7 +286,9 @@ impl BlobWriter {
     /// Verifies the blob against `expect`, fsyncs it and renames it to its digest.
     /// On any mismatch the temp file is removed and nothing is stored.
     pub fn commit(mut self, expect: &Expect<'_>) -> Result<Committed> {
-        let file = self.file.take().expect("commit runs once");
+        let Some(file) = self.file.take() else {
+            return Err(StoreError::invalid(&self.what, "blob committed twice"));
+        };
         let hasher = std::mem::take(&mut self.hasher);
         let size = hasher.len();
         let digest = hasher.finish();

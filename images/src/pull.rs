@@ -145,6 +145,22 @@ fn credentials_from_file(path: &std::path::Path, registry: &str) -> Result<Optio
     Ok(None)
 }
 
+/// An error with its sources, which reqwest keeps out of its own message
+/// ("error sending request" says nothing without "connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 fn registry_error(registry: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Registry {
         registry: registry.to_string(),
@@ -186,7 +202,12 @@ impl Session {
             .client
             .pull_manifest_raw(image, &self.auth, MANIFEST_TYPES)
             .await
-            .map_err(|e| registry_error(&self.registry, format!("manifest of {image}: {e}")))?;
+            .map_err(|e| {
+                registry_error(
+                    &self.registry,
+                    format!("manifest of {image}: {}", chain(&e)),
+                )
+            })?;
         if bytes.len() as u64 > MAX_DOCUMENT {
             return Err(StoreError::invalid(
                 format!("manifest of {image}"),
@@ -273,7 +294,7 @@ impl Store {
             .client
             .auth(&session.image, &session.auth, RegistryOperation::Pull)
             .await
-            .map_err(|e| registry_error(&registry, format!("authenticating: {e}")))?;
+            .map_err(|e| registry_error(&registry, format!("authenticating: {}", chain(&e))))?;
         let progress = Progress::new(opts.progress);
         progress.note(&format!("Pulling {}", r.familiar()));
         let _lock = self.lock_shared()?;
@@ -449,7 +470,7 @@ impl Store {
             .client
             .pull_blob_stream(&session.image, digest_str.as_str())
             .await
-            .map_err(|e| registry_error(&session.registry, format!("{what}: {e}")))?;
+            .map_err(|e| registry_error(&session.registry, format!("{what}: {}", chain(&e))))?;
         let mut stream_error = None;
         while let Some(chunk) = stream.next().await {
             match chunk {
@@ -478,7 +499,10 @@ impl Store {
         if let Some(e) = stream_error {
             if w.len() != desc.size() {
                 bar.finish("failed");
-                return Err(registry_error(&session.registry, format!("{what}: {e}")));
+                return Err(registry_error(
+                    &session.registry,
+                    format!("{what}: {}", chain(&e)),
+                ));
             }
         }
         let committed = w.commit(&Expect {
