@@ -335,3 +335,33 @@ fn interrupted_pull_leaves_a_consistent_store_and_the_next_pull_completes() {
     assert_eq!(std::fs::metadata(fs.join("big2")).unwrap().len(), 12 << 20);
     assert!(root.ok(&["system", "check"]).starts_with("ok"));
 }
+
+/// A local address that is not loopback, if this machine has one.
+fn non_loopback_ip() -> Option<String> {
+    // Connecting a UDP socket sends nothing; it only picks the outgoing address.
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.254:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
+}
+
+#[test]
+fn plain_http_only_for_loopback_or_insecure_registries() {
+    let Some(ip) = non_loopback_ip() else {
+        eprintln!("SKIP: no non-loopback IPv4 address");
+        return;
+    };
+    let Some(reg) = Registry::start_on(&ip) else {
+        return;
+    };
+    let img = TestImage::new("vessel-test/plain:1");
+    reg.push_image(&img, "vessel-test/plain:1");
+    let r = reg.reference("vessel-test/plain:1");
+    let root = TestRoot::new();
+    // HTTPS is tried, and a plain-HTTP registry cannot speak it.
+    let err = root.fails(&["pull", &r]);
+    assert!(err.contains(&format!("https://{}", reg.addr)), "{err}");
+    assert_eq!(root.ok(&["images", "-q"]).trim(), "");
+    root.ok(&["pull", "-q", "--insecure-registry", &reg.addr, &r]);
+    assert_eq!(root.ok(&["images", "-q"]).lines().count(), 1);
+}

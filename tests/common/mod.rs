@@ -749,11 +749,12 @@ pub fn read_to_string(path: &Path) -> String {
     s
 }
 
-/// A `docker-registry` (distribution v2) serving on a free 127.0.0.1 port, with its
+/// A `docker-registry` (distribution v2) serving on a free 127.0.0.1 port (or
+/// another local address), with its
 /// storage in a temp dir; killed on drop.
 pub struct Registry {
     child: Child,
-    /// `127.0.0.1:<port>`.
+    /// `127.0.0.1:<port>` (or the address it was started on).
     pub addr: String,
     /// The registry's storage root (filesystem driver).
     pub storage: PathBuf,
@@ -816,15 +817,34 @@ impl Registry {
         Registry::start_with_config(dir, auth_yaml, creds)
     }
 
+    /// Starts an anonymous registry listening on `ip` (not loopback: for
+    /// plain-HTTP policy tests) instead of 127.0.0.1.
+    pub fn start_on(ip: &str) -> Option<Registry> {
+        if skip_without(&[REGISTRY_BIN, "skopeo"]) {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("registry dir");
+        Registry::start_at(dir, ip, "", None)
+    }
+
     fn start_with_config(
         dir: tempfile::TempDir,
+        auth_cfg: &str,
+        auth: Option<(String, String)>,
+    ) -> Option<Registry> {
+        Registry::start_at(dir, "127.0.0.1", auth_cfg, auth)
+    }
+
+    fn start_at(
+        dir: tempfile::TempDir,
+        ip: &str,
         auth_cfg: &str,
         auth: Option<(String, String)>,
     ) -> Option<Registry> {
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("storage dir");
         let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("{ip}:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_cfg}",
             storage.display()
