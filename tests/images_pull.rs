@@ -365,3 +365,39 @@ fn plain_http_only_for_loopback_or_insecure_registries() {
     root.ok(&["pull", "-q", "--insecure-registry", &reg.addr, &r]);
     assert_eq!(root.ok(&["images", "-q"]).lines().count(), 1);
 }
+
+#[test]
+fn concurrent_pulls_of_the_same_image_agree() {
+    let Some(reg) = Registry::start() else { return };
+    let img = TestImage::new("vessel-test/race:1")
+        .layer(Layer::new(vec![Entry::file("r", &noise(1 << 20, 3))]));
+    let w = reg.push_image(&img, "vessel-test/race:1");
+    let r = reg.reference("vessel-test/race:1");
+    let root = TestRoot::new();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            root.cmd()
+                .args(["pull", "-q", &r])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), w.config_digest);
+    }
+    assert_eq!(root.ok(&["images", "-q"]).lines().count(), 1);
+    assert!(root.ok(&["system", "check"]).starts_with("ok"));
+    let trees = std::fs::read_dir(root.path().join("rootfs"))
+        .unwrap()
+        .count();
+    assert_eq!(trees, 1);
+}
