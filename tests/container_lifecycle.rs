@@ -326,3 +326,29 @@ fn killing_a_detached_supervisor_is_recovered_too() {
     assert!(ctr::cgroups_of(&id).is_empty());
     root.ok(&["rm", "bg"]);
 }
+
+#[test]
+fn a_finished_foreground_container_keeps_its_logs() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "fglogs");
+    let o = ctr::run(
+        &root,
+        &[
+            "--name",
+            "fg",
+            &img,
+            "sh",
+            "-c",
+            "echo shown; echo warned >&2",
+        ],
+    );
+    assert_eq!(ctr::stdout(&o), "shown\n");
+    assert_eq!(ctr::stderr(&o), "warned\n");
+    let out = root.run(&["logs", "fg"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "shown\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "warned\n");
+    root.ok(&["rm", "fg"]);
+}

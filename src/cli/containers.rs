@@ -408,6 +408,8 @@ fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
         &spec,
         &Attach::Foreground {
             interactive: args.interactive,
+            // An --rm container's log would be removed with it: skip the copy.
+            log: (!args.rm).then(|| layout::log_file(&dir)),
         },
         &mut |_| {},
     );

@@ -46,8 +46,14 @@ impl LogWriter {
     }
 
     /// Copies everything read from `source` into the log until end of file (or EIO, which
-    /// is how a terminal master reports that the other side closed).
-    pub fn pump(&self, mut source: impl Read + Send + 'static, stream: Stream) -> JoinHandle<()> {
+    /// is how a terminal master reports that the other side closed), and into `echo` too
+    /// when given (a foreground run shows its output and logs it).
+    pub fn pump(
+        &self,
+        mut source: impl Read + Send + 'static,
+        stream: Stream,
+        mut echo: Option<Box<dyn Write + Send>>,
+    ) -> JoinHandle<()> {
         let log = self.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 32 * 1024];
@@ -55,7 +61,13 @@ impl LogWriter {
                 match source.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        if log.write(stream, &buf[..n]).is_err() {
+                        if let Some(w) = echo.as_mut() {
+                            // A closed terminal must not stop the logging.
+                            if w.write_all(&buf[..n]).and_then(|_| w.flush()).is_err() {
+                                echo = None;
+                            }
+                        }
+                        if log.write(stream, &buf[..n]).is_err() && echo.is_none() {
                             break;
                         }
                     }

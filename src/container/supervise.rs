@@ -19,10 +19,13 @@ use crate::isolation::{Backend, Exit, IsolationError, LaunchSpec, Process, Stdio
 /// How a process's streams are connected.
 #[derive(Debug, Clone)]
 pub enum Attach {
-    /// To vessel's own streams; stdin only when `interactive` (`-i`).
+    /// To vessel's own streams; stdin only when `interactive` (`-i`). With `log`, the
+    /// output is also appended to the container's log.
     Foreground {
         /// Pass stdin.
         interactive: bool,
+        /// The container's log file, if its output is kept.
+        log: Option<PathBuf>,
     },
     /// To the container's log (detached).
     Log(PathBuf),
@@ -60,42 +63,65 @@ struct Wiring {
     log: Option<(LogWriter, Vec<(File, Stream)>)>,
 }
 
+fn open_log(path: &std::path::Path) -> Result<LogWriter, SuperviseError> {
+    LogWriter::create(path).map_err(|e| SuperviseError::Io("opening the log", e))
+}
+
+/// Output pipes whose read ends feed `log`.
+fn logged_pipes(log: LogWriter, stdin: Option<OwnedFd>) -> Result<Wiring, SuperviseError> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    Ok(Wiring {
+        stdio: Stdio {
+            stdin,
+            stdout: Some(out_w),
+            stderr: Some(err_w),
+            terminal_size: None,
+        },
+        log: Some((log, vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)])),
+    })
+}
+
 fn wire(attach: &Attach, terminal: bool) -> Result<Wiring, SuperviseError> {
+    let mut wiring = wire_streams(attach, terminal)?;
+    if terminal && matches!(attach, Attach::Foreground { .. }) {
+        wiring.stdio.terminal_size = terminal_size();
+    }
+    Ok(wiring)
+}
+
+fn wire_streams(attach: &Attach, terminal: bool) -> Result<Wiring, SuperviseError> {
     match attach {
-        Attach::Foreground { interactive } => {
+        Attach::Foreground { interactive, log } => {
             let stdin = if *interactive || terminal {
                 None
             } else {
                 Some(dev_null()?)
             };
-            Ok(Wiring {
-                stdio: Stdio {
-                    stdin,
-                    stdout: None,
-                    stderr: None,
-                },
-                log: None,
-            })
+            match log {
+                Some(path) if !terminal => logged_pipes(open_log(path)?, stdin),
+                Some(path) => Ok(Wiring {
+                    stdio: Stdio::default(),
+                    log: Some((open_log(path)?, Vec::new())),
+                }),
+                None => Ok(Wiring {
+                    stdio: Stdio {
+                        stdin,
+                        ..Stdio::default()
+                    },
+                    log: None,
+                }),
+            }
         }
         Attach::Log(path) => {
-            let log =
-                LogWriter::create(path).map_err(|e| SuperviseError::Io("opening the log", e))?;
+            let log = open_log(path)?;
             if terminal {
                 return Ok(Wiring {
                     stdio: Stdio::default(),
                     log: Some((log, Vec::new())),
                 });
             }
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            Ok(Wiring {
-                stdio: Stdio {
-                    stdin: Some(dev_null()?),
-                    stdout: Some(out_w),
-                    stderr: Some(err_w),
-                },
-                log: Some((log, vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)])),
-            })
+            logged_pipes(log, Some(dev_null()?))
         }
     }
 }
@@ -176,23 +202,33 @@ fn connect(
         let input = master
             .try_clone()
             .map_err(|e| SuperviseError::Io("duplicating the terminal", e))?;
-        match (attach, &wiring_log) {
-            (_, Some((log, _))) => outputs.push(log.pump(master, Stream::Stdout)),
-            _ => {
-                if let Some((rows, cols)) = terminal_size() {
-                    let _ = process.resize(rows, cols);
-                }
-                raw = Some(RawMode::enter());
-                if interactive {
-                    // Not joined: it blocks reading vessel's stdin until the user types.
-                    copy_thread(std::io::stdin(), input);
-                }
-                outputs.push(copy_thread(master, std::io::stdout()));
+        let foreground = matches!(attach, Attach::Foreground { .. });
+        if foreground {
+            if let Some((rows, cols)) = terminal_size() {
+                let _ = process.resize(rows, cols);
+            }
+            raw = Some(RawMode::enter());
+            if interactive {
+                // Not joined: it blocks reading vessel's stdin until the user types.
+                copy_thread(std::io::stdin(), input);
             }
         }
+        match (&wiring_log, foreground) {
+            (Some((log, _)), true) => {
+                outputs.push(log.pump(master, Stream::Stdout, Some(Box::new(std::io::stdout()))))
+            }
+            (Some((log, _)), false) => outputs.push(log.pump(master, Stream::Stdout, None)),
+            (None, _) => outputs.push(copy_thread(master, std::io::stdout())),
+        }
     } else if let Some((log, sources)) = wiring_log {
+        let foreground = matches!(attach, Attach::Foreground { .. });
         for (src, stream) in sources {
-            outputs.push(log.pump(src, stream));
+            let echo: Option<Box<dyn Write + Send>> = match (foreground, stream) {
+                (false, _) => None,
+                (true, Stream::Stdout) => Some(Box::new(std::io::stdout())),
+                (true, Stream::Stderr) => Some(Box::new(std::io::stderr())),
+            };
+            outputs.push(log.pump(src, stream, echo));
         }
     }
 
@@ -223,7 +259,13 @@ pub fn run_main(
     attach: &Attach,
     started: &mut dyn FnMut(Result<(), String>),
 ) -> Result<Exit, SuperviseError> {
-    let interactive = matches!(attach, Attach::Foreground { interactive: true });
+    let interactive = matches!(
+        attach,
+        Attach::Foreground {
+            interactive: true,
+            ..
+        }
+    );
     let wiring = wire(attach, spec.process.terminal)?;
     let process: Arc<dyn Process> = match backend.start(spec, wiring.stdio) {
         Ok(p) => Arc::from(p),
@@ -262,7 +304,10 @@ pub fn run_exec(
     process_spec: &crate::container::process::ProcessSpec,
     interactive: bool,
 ) -> Result<Exit, SuperviseError> {
-    let attach = Attach::Foreground { interactive };
+    let attach = Attach::Foreground {
+        interactive,
+        log: None,
+    };
     let wiring = wire(&attach, process_spec.terminal)?;
     let process: Arc<dyn Process> = Arc::from(backend.exec(target, process_spec, wiring.stdio)?);
     let (outputs, raw) = connect(&process, &attach, interactive, None)?;

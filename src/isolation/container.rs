@@ -100,6 +100,7 @@ impl ContainerBackend {
         } else {
             None
         };
+        let size = stdio.terminal_size;
         let mut container = builder(&spec.id, &spec.dir, stdio, console.as_ref())?
             .as_init(&bundle)
             .with_systemd(false)
@@ -113,14 +114,14 @@ impl ContainerBackend {
         if spec.network == NetworkMode::None {
             network::loopback_up(pid.as_raw())?;
         }
+        let process = ContainerProcess::new(pid.as_raw(), Some(spec.id.clone()), pty);
+        if let Some((rows, cols)) = size {
+            process.resize(rows, cols)?;
+        }
         container
             .start()
             .map_err(|e| IsolationError::runtime("starting the container", e))?;
-        Ok(Box::new(ContainerProcess::new(
-            pid.as_raw(),
-            Some(spec.id.clone()),
-            pty,
-        )))
+        Ok(Box::new(process))
     }
 }
 
@@ -162,6 +163,7 @@ impl Backend for ContainerBackend {
             .filter_map(|e| e.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let size = stdio.terminal_size;
         let pid = builder(&target.id, &target.dir, stdio, console.as_ref())?
             .as_tenant()
             .with_container_args(process.args.clone())
@@ -175,7 +177,12 @@ impl Backend for ContainerBackend {
             .build()
             .map_err(|e| IsolationError::runtime("starting the process in the container", e))?;
         let pty = console.as_ref().map(|c| c.receive()).transpose()?;
-        Ok(Box::new(ContainerProcess::new(pid.as_raw(), None, pty)))
+        let process = ContainerProcess::new(pid.as_raw(), None, pty);
+        if let Some((rows, cols)) = size {
+            // The tenant already runs: as early as the runtime allows.
+            process.resize(rows, cols)?;
+        }
+        Ok(Box::new(process))
     }
 
     fn signal(&self, target: &Target, signal: i32) -> Result<(), IsolationError> {

@@ -138,6 +138,9 @@ pub struct Stdio {
     pub stdout: Option<OwnedFd>,
     /// Standard error.
     pub stderr: Option<OwnedFd>,
+    /// Initial terminal size (rows, columns) of a process with a terminal, set before it
+    /// runs so its first look at the size is right.
+    pub terminal_size: Option<(u16, u16)>,
 }
 
 /// How a container's process ended.
