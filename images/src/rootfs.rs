@@ -26,13 +26,23 @@ impl Store {
         let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
         let tmp = parent.join(temp_name(hex));
         fs::create_dir(&tmp).map_err(|e| StoreError::io("create directory", &tmp, e))?;
-        let result = self.unpack_layers(&tmp, layers);
+        let result = self.unpack_layers(&tmp, layers).and_then(|()| {
+            // One syncfs makes every file of the tree durable before it gets its
+            // name; fsyncing file by file would cost far more for the same guarantee.
+            let dir = fs::File::open(&tmp).map_err(|e| StoreError::io("open", &tmp, e))?;
+            rustix::fs::syncfs(&dir).map_err(|e| StoreError::io("syncfs", &tmp, e.into()))
+        });
         if let Err(e) = result {
             let _ = remove_path(&tmp);
             return Err(e);
         }
         match fs::rename(&tmp, &dest) {
-            Ok(()) => Ok(dest),
+            Ok(()) => {
+                if let Ok(d) = fs::File::open(&parent) {
+                    let _ = d.sync_all();
+                }
+                Ok(dest)
+            }
             // Another process finished the same image first: theirs is as good as ours.
             Err(_) if dest.is_dir() => {
                 let _ = remove_path(&tmp);
