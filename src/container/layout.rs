@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <root>/containers/<id>/launch.json   the LaunchSpec (for the supervisor, exec, recovery)
-//! <root>/containers/<id>/log           stdout/stderr frames of a detached container
+//! <root>/containers/<id>/log           stdout/stderr frames (what `logs` shows)
 //! <root>/containers/<id>/upper, work   the writable layer (container mode)
 //! <root>/containers/<id>/rootfs        the overlay mount point while it runs
 //! <root>/containers/<id>/runtime       libcontainer's state while it runs

@@ -1,4 +1,4 @@
-//! The log of a detached container: its stdout and stderr, interleaved in arrival order, as
+//! A container's log: its stdout and stderr, interleaved in arrival order, as
 //! frames `[stream: u8][length: u32 LE][bytes]` so `logs` can send each to the right stream.
 
 use std::fs::{File, OpenOptions};
