@@ -3,11 +3,16 @@
 //! guest→host bytes.
 //!
 //! The host side is a [`ConsoleBackend`]: a connected Unix stream socket, or an
-//! input fd plus an output fd. Host input is read without blocking into a bounded
-//! pending buffer and copied into receive buffers as the driver posts them; when
-//! the buffer is full we stop reading the backend (the kernel's socket or pipe
-//! buffer then applies back-pressure to the writer) and resume when the driver
-//! posts buffers. Output is written synchronously.
+//! input fd plus an output fd. Nothing here ever blocks the event loop:
+//!
+//! - Host input is read without blocking into a bounded pending buffer and copied
+//!   into receive buffers as the driver posts them; when the buffer is full we stop
+//!   reading the backend (its socket or pipe buffer then pushes back on the writer)
+//!   and resume when the driver posts buffers.
+//! - Guest output is copied into a bounded transmit buffer and written without
+//!   blocking. When the host does not keep up, transmit chains are left in the ring
+//!   until the output fd is writable again ([`VirtioDevice::backend_output_fd`],
+//!   watched for EPOLLOUT), so a slow reader slows the guest, not the VMM.
 
 use std::collections::VecDeque;
 use std::io;
@@ -31,6 +36,11 @@ const TX_QUEUE: usize = 1;
 // Chunk for copying guest output through a host buffer: bounds the allocation no
 // matter what length a descriptor claims.
 const TX_CHUNK: usize = 4096;
+/// Guest output buffered for a slow host before transmit chains are left waiting.
+pub const MAX_TX_PENDING: usize = 64 * 1024;
+/// Most bytes taken from one transmit chain; Linux sends at most 32 KiB per chain,
+/// so anything beyond this is a hostile driver and is dropped.
+pub const MAX_TX_CHAIN: usize = 1024 * 1024;
 // virtio_console_config: cols, rows, max_nr_ports, emerg_wr; all zero because no
 // feature that uses them is offered.
 const CONFIG_LEN: usize = 12;
@@ -81,32 +91,25 @@ impl Endpoint {
         }
     }
 
-    // Sockets use MSG_NOSIGNAL so a vanished peer is an EPIPE error, not a SIGPIPE
-    // that kills the VMM.
-    fn write_all(&self, mut buf: &[u8]) -> io::Result<()> {
+    // Writes what fits without blocking. Sockets use MSG_DONTWAIT (the description
+    // is shared with the input side) and MSG_NOSIGNAL, so a vanished peer is an
+    // EPIPE error rather than a SIGPIPE that kills the VMM; other fds were made
+    // O_NONBLOCK at construction.
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
         let fd = self.fd.as_raw_fd();
-        while !buf.is_empty() {
-            let ptr = buf.as_ptr().cast::<libc::c_void>();
-            let n = if self.is_socket {
-                // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
-                unsafe { libc::send(fd, ptr, buf.len(), libc::MSG_NOSIGNAL) }
-            } else {
-                // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
-                unsafe { libc::write(fd, ptr, buf.len()) }
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            buf = &buf[n as usize..];
+        let ptr = buf.as_ptr().cast::<libc::c_void>();
+        let n = if self.is_socket {
+            // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+            unsafe { libc::send(fd, ptr, buf.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) }
+        } else {
+            // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+            unsafe { libc::write(fd, ptr, buf.len()) }
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
         }
-        Ok(())
     }
 }
 
@@ -131,22 +134,22 @@ impl ConsoleBackend {
         })
     }
 
-    /// A backend on separate fds. `input` (if any) is switched to non-blocking mode
-    /// unless it is a socket; do not share its file description with a reader that
-    /// expects blocking reads. Without `output`, guest output is discarded.
+    /// A backend on separate fds. Each fd that is not a socket is switched to
+    /// non-blocking mode; do not share its file description with a process that
+    /// expects blocking I/O on it. Without `output`, guest output is discarded.
     pub fn from_fds(input: Option<OwnedFd>, output: Option<OwnedFd>) -> io::Result<Self> {
-        let input = match input {
-            Some(fd) => {
-                let ep = Endpoint::new(fd)?;
-                if !ep.is_socket {
-                    set_nonblocking(ep.fd.as_raw_fd())?;
-                }
-                Some(ep)
+        let open = |fd: Option<OwnedFd>| -> io::Result<Option<Endpoint>> {
+            let Some(fd) = fd else { return Ok(None) };
+            let ep = Endpoint::new(fd)?;
+            if !ep.is_socket {
+                set_nonblocking(ep.fd.as_raw_fd())?;
             }
-            None => None,
+            Ok(Some(ep))
         };
-        let output = output.map(Endpoint::new).transpose()?;
-        Ok(Self { input, output })
+        Ok(Self {
+            input: open(input)?,
+            output: open(output)?,
+        })
     }
 }
 
@@ -160,6 +163,7 @@ struct Active {
 pub struct Console {
     backend: ConsoleBackend,
     pending: VecDeque<u8>,
+    tx_pending: VecDeque<u8>,
     input_closed: bool,
     output_failed: bool,
     config: [u8; CONFIG_LEN],
@@ -177,6 +181,33 @@ impl std::fmt::Debug for Console {
     }
 }
 
+// Writes buffered output until the backend would block; a broken backend
+// discards output from then on.
+fn flush_output(backend: &ConsoleBackend, failed: &mut bool, pending: &mut VecDeque<u8>) {
+    let Some(out) = backend.output.as_ref().filter(|_| !*failed) else {
+        // Nowhere to send it: guest output is discarded.
+        pending.clear();
+        return;
+    };
+    while !pending.is_empty() {
+        let (front, _) = pending.as_slices();
+        match out.write(front) {
+            Ok(0) => break,
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                log::warn!("virtio-console: backend write failed: {e}; output dropped");
+                *failed = true;
+                pending.clear();
+                break;
+            }
+        }
+    }
+}
+
 fn queue_err(index: usize) -> impl FnOnce(virtio_queue::Error) -> DeviceError {
     move |source| DeviceError::Queue { index, source }
 }
@@ -188,6 +219,7 @@ impl Console {
         Self {
             backend,
             pending: VecDeque::new(),
+            tx_pending: VecDeque::new(),
             input_closed,
             output_failed: false,
             config: [0; CONFIG_LEN],
@@ -264,7 +296,20 @@ impl Console {
         Ok(used_any)
     }
 
+    /// Guest output not yet accepted by the host.
+    pub fn pending_output(&self) -> usize {
+        self.tx_pending.len()
+    }
+
+    /// Writes buffered output until the backend would block.
+    fn flush_tx(&mut self) {
+        flush_output(&self.backend, &mut self.output_failed, &mut self.tx_pending);
+    }
+
+    /// Moves transmit chains into the output buffer while it has room. Returns
+    /// whether any chain was used.
     fn process_tx(&mut self) -> Result<bool, DeviceError> {
+        self.flush_tx();
         let Some(active) = self.active.as_mut() else {
             return Ok(false);
         };
@@ -272,39 +317,35 @@ impl Console {
         let queue = &mut active.queues[TX_QUEUE];
         let mut used_any = false;
         let mut buf = vec![0u8; TX_CHUNK];
-        loop {
+        while self.tx_pending.len() < MAX_TX_PENDING {
             let chain = match queue.iter(mem) {
                 Ok(mut iter) => iter.next(),
                 Err(e) => return Err(queue_err(TX_QUEUE)(e)),
             };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
+            let mut taken = 0usize;
             'descs: for desc in chain.readable() {
                 let len = desc.len() as usize;
                 let mut done = 0usize;
-                while done < len {
-                    let n = (len - done).min(TX_CHUNK);
+                while done < len && taken < MAX_TX_CHAIN {
+                    let n = (len - done).min(TX_CHUNK).min(MAX_TX_CHAIN - taken);
                     let Some(addr) = desc.addr().checked_add(done as u64) else {
                         break 'descs;
                     };
                     if mem.read_slice(&mut buf[..n], addr).is_err() {
+                        // A buffer outside guest memory ends the chain.
                         break 'descs;
                     }
-                    if !self.output_failed {
-                        if let Some(out) = self.backend.output.as_ref() {
-                            if let Err(e) = out.write_all(&buf[..n]) {
-                                log::warn!(
-                                    "virtio-console: backend write failed: {e}; output dropped"
-                                );
-                                self.output_failed = true;
-                            }
-                        }
-                    }
+                    self.tx_pending.extend(&buf[..n]);
                     done += n;
+                    taken += n;
                 }
             }
             queue.add_used(mem, head, 0).map_err(queue_err(TX_QUEUE))?;
             used_any = true;
+            // Push it out now so the buffer only grows while the host is slow.
+            flush_output(&self.backend, &mut self.output_failed, &mut self.tx_pending);
         }
         Ok(used_any)
     }
@@ -416,7 +457,16 @@ impl VirtioDevice for Console {
         self.backend.input.as_ref().map(|ep| ep.fd.as_raw_fd())
     }
 
+    fn backend_output_fd(&self) -> Option<RawFd> {
+        self.backend.output.as_ref().map(|ep| ep.fd.as_raw_fd())
+    }
+
     fn process_backend(&mut self) -> Result<BackendStatus, DeviceError> {
+        // Either direction may have become ready: resume output held back by a slow
+        // host, then take new input.
+        if self.process_tx()? {
+            self.notify_guest(TX_QUEUE)?;
+        }
         if !self.input_closed {
             self.fill_pending();
         }
@@ -626,6 +676,54 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(total, 8 * 16 * 1024);
+    }
+
+    #[test]
+    fn slow_host_holds_transmit_chains_instead_of_blocking() {
+        let mut fx = fixture();
+        const CHAIN: u32 = 32 * 1024;
+        let descs: Vec<_> = (0..QSIZE)
+            .map(|i| {
+                let addr = DATA_BASE + u64::from(i) * u64::from(CHAIN);
+                fx.mem
+                    .write_slice(&vec![i as u8; CHAIN as usize], GuestAddress(addr))
+                    .unwrap();
+                desc(addr, CHAIN, 0, 0)
+            })
+            .collect();
+        let heads: Vec<u16> = (0..QSIZE).collect();
+        fx.tx.publish(&fx.mem, 0, &descs, &heads);
+        // The host reads nothing: this must return, with chains left in the ring.
+        fx.console.process_queue(1).unwrap();
+        let used_now = fx.tx.used_idx(&fx.mem);
+        assert!(
+            used_now < QSIZE,
+            "all {used_now} chains taken despite a full socket"
+        );
+        assert!(fx.console.pending_output() <= MAX_TX_PENDING + CHAIN as usize);
+
+        // The host drains; each EPOLLOUT (here: a direct call) resumes transmission.
+        let total = QSIZE as usize * CHAIN as usize;
+        let mut got = Vec::with_capacity(total);
+        let mut buf = vec![0u8; 64 * 1024];
+        fx.host.set_nonblocking(true).unwrap();
+        for _ in 0..10_000 {
+            match fx.host.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            fx.console.process_backend().unwrap();
+            if got.len() == total {
+                break;
+            }
+        }
+        assert_eq!(got.len(), total);
+        assert_eq!(fx.tx.used_idx(&fx.mem), QSIZE);
+        // Order and content survive the stop-and-go.
+        for (i, chunk) in got.chunks(CHAIN as usize).enumerate() {
+            assert!(chunk.iter().all(|&b| b == i as u8), "chain {i} corrupted");
+        }
     }
 
     #[test]

@@ -171,8 +171,16 @@ impl MmioTransport {
         self.device.backend_fd()
     }
 
-    /// Called by the event loop when [`MmioTransport::backend_fd`] is ready. Returns
-    /// `Closed` when the fd should no longer be watched.
+    /// A host fd the event loop should watch for EPOLLOUT (edge-triggered), if the
+    /// device's output can be held back by a slow host; when it fires, call
+    /// [`MmioTransport::handle_backend_event`].
+    pub fn backend_output_fd(&self) -> Option<RawFd> {
+        self.device.backend_output_fd()
+    }
+
+    /// Called by the event loop when [`MmioTransport::backend_fd`] or
+    /// [`MmioTransport::backend_output_fd`] is ready. Returns `Closed` when the
+    /// input fd should no longer be watched.
     pub fn handle_backend_event(&mut self) -> BackendStatus {
         if !self.activated {
             // Input waits in the backend until the driver is up; the device reads it

@@ -7,6 +7,8 @@
 
 pub mod block;
 pub mod console;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_utils;
@@ -155,11 +157,20 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize) -> Result<(), DeviceError>;
     /// Stops the device and drops its queues (driver wrote 0 to the status register).
     fn reset(&mut self);
-    /// A host fd the event loop should watch for readability (edge-triggered), if any.
+    /// A host fd the event loop should watch for readability (EPOLLIN, edge-triggered),
+    /// if any.
     fn backend_fd(&self) -> Option<RawFd> {
         None
     }
-    /// Handles readiness of [`VirtioDevice::backend_fd`].
+    /// A host fd the event loop should watch for writability (EPOLLOUT,
+    /// edge-triggered), if any: output held back because the host was slow resumes
+    /// when it fires. May be a different fd number for the same socket as
+    /// [`VirtioDevice::backend_fd`]; epoll keeps the two registrations apart.
+    fn backend_output_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Handles readiness of [`VirtioDevice::backend_fd`] or
+    /// [`VirtioDevice::backend_output_fd`].
     fn process_backend(&mut self) -> Result<BackendStatus, DeviceError> {
         Ok(BackendStatus::Open)
     }
