@@ -539,3 +539,28 @@ fn guest_reads_a_sector_from_virtio_blk() {
     assert_eq!(&out[4..8], b"SEC1");
     assert_eq!(out[8], 0, "virtio-blk status");
 }
+
+#[test]
+fn binary_stops_on_sigterm_with_code_7() {
+    if skip_without_kvm() {
+        return;
+    }
+    let image = temp_file(&[0xeb, 0xfe]); // jmp $
+    let json = format!(
+        r#"{{"kernel": "{}", "kernel_format": {{"type": "raw", "load_address": 4096, "entry": 4096, "mode": "real"}}, "memory_mib": 16, "timeout_ms": 10000}}"#,
+        image.path().display()
+    );
+    let config = temp_file(json.as_bytes());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+        .arg("--config")
+        .arg(config.path())
+        .spawn()
+        .expect("spawn vessel-vmm");
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sending SIGTERM to our own child, which has not been waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7), "{status:?}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
