@@ -99,6 +99,10 @@ pub struct VcpuContext {
     pub mmio_bus: Arc<Bus>,
     /// Where to report the end of the VM.
     pub exit: Arc<ExitSignal>,
+    /// Keeps guest RAM mapped while this vCPU can still run: its KVM memory slots
+    /// point into this mapping, and a vCPU that outlives `Vm::run` (one that did
+    /// not leave `KVM_RUN` in time) must never see that address range reused.
+    pub mem: vm_memory::GuestMemoryMmap,
 }
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`.

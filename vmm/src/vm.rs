@@ -37,7 +37,7 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     timeout: Option<Duration>,
     vm: VmFd,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
 }
 
 /// Ends a VM from another thread.
@@ -166,7 +166,7 @@ impl Vm {
             exit: Arc::new(ExitSignal::new().map_err(|e| VmmError::Io("eventfd", e))?),
             timeout: config.timeout(),
             vm,
-            _mem: mem,
+            mem,
         })
     }
 
@@ -192,6 +192,7 @@ impl Vm {
                 io_bus: self.devices.io_bus.clone(),
                 mmio_bus: self.devices.mmio_bus.clone(),
                 exit: self.exit.clone(),
+                mem: self.mem.clone(),
             };
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
@@ -230,8 +231,10 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
             userspace_addr: region.as_ptr() as u64,
             flags: 0,
         };
-        // SAFETY: the region is a live mapping owned by `mem`, which the Vm keeps
-        // until after the VmFd (and so the KVM memory slot) is dropped.
+        // SAFETY: the region is a live mapping owned by `mem`. The Vm drops its
+        // clone only after the VmFd, and every vCPU thread (the only thing that can
+        // still enter the guest after that) holds a clone of its own, so the slot
+        // never points at unmapped or reused host memory while the guest can run.
         unsafe { vm.set_user_memory_region(region_desc) }
             .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
