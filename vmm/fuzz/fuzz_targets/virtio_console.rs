@@ -1,0 +1,9 @@
+//! virtio-console transmit and receive paths: guest memory, both queues and the
+//! host-side input come from the fuzz input.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    vessel_vmm::devices::virtio::fuzzing::fuzz_console(data);
+});
