@@ -127,7 +127,8 @@ impl Block {
 
     /// Wraps an already open image.
     pub fn from_file(file: File, read_only: bool, id: &str) -> Result<Self, BlockError> {
-        let len = file.metadata().map_err(BlockError::Size)?.len();
+        // Seeking to the end sizes block devices too, where metadata says 0.
+        let len = (&file).seek(SeekFrom::End(0)).map_err(BlockError::Size)?;
         // A trailing partial sector is not addressable.
         let nsectors = len / SECTOR_SIZE;
         let mut serial = [0u8; ID_BYTES];

@@ -182,9 +182,9 @@ impl MmioTransport {
     /// [`MmioTransport::backend_output_fd`] is ready. Returns `Closed` when the
     /// input fd should no longer be watched.
     pub fn handle_backend_event(&mut self) -> BackendStatus {
-        if !self.activated {
-            // Input waits in the backend until the driver is up; the device reads it
-            // once its receive queue is notified.
+        if !self.activated || self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
+            // Input waits in the backend until the driver is up (again); the device
+            // reads it once its receive queue is notified.
             return BackendStatus::Open;
         }
         match self.device.process_backend() {
@@ -745,6 +745,58 @@ mod tests {
         assert_ne!(r(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
         w(&mut t, REG_STATUS, 0);
         assert_eq!(r(&mut t, REG_STATUS), 0);
+    }
+
+    #[test]
+    fn console_round_trip_through_the_transport() {
+        use crate::devices::virtio::{BackendStatus, Console, ConsoleBackend};
+        use std::io::Read;
+        use std::os::unix::net::UnixStream;
+
+        let mem = two_region_mem();
+        let (mut host, guest) = UnixStream::pair().unwrap();
+        let console = Console::new(ConsoleBackend::from_stream(guest).unwrap());
+        let mut t = MmioTransport::new(mem.clone(), Box::new(console)).unwrap();
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 3);
+        assert_eq!(t.queue_evts().len(), 2);
+        assert!(t.backend_fd().is_some());
+        assert!(t.backend_output_fd().is_some());
+        // Input that arrives before the driver is up waits.
+        host.write_all(b"early").unwrap();
+        assert_eq!(t.handle_backend_event(), BackendStatus::Open);
+
+        assert!(negotiate(&mut t, version_1()));
+        let rx = DriverQueue::new(&mem, QUEUE_BASE, QSIZE);
+        let tx = DriverQueue::new(&mem, QUEUE_BASE + 0x1000, QSIZE);
+        setup_queue(&mut t, 0, rx);
+        setup_queue(&mut t, 1, tx);
+        w(&mut t, REG_STATUS, ALL_OK);
+        assert!(t.is_activated());
+
+        // Guest -> host through a plain MMIO notify of queue 1.
+        mem.write_slice(b"hello host", GuestAddress(DATA_BASE))
+            .unwrap();
+        tx.publish(&mem, 0, &[desc(DATA_BASE, 10, 0, 0)], &[0]);
+        w(&mut t, REG_QUEUE_NOTIFY, 1);
+        let mut got = [0u8; 10];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello host");
+        assert_eq!(tx.used_idx(&mem), 1);
+
+        // Host -> guest: the early bytes plus new ones, once a buffer is posted.
+        host.write_all(b" and late").unwrap();
+        rx.publish(&mem, 0, &[desc(DATA_BASE + 0x100, 64, WRITE, 0)], &[0]);
+        t.queue_evts()[0].write(1).unwrap();
+        t.handle_queue_event(0);
+        let (_, len) = rx.used(&mem, 0);
+        let mut buf = vec![0u8; len as usize];
+        mem.read_slice(&mut buf, GuestAddress(DATA_BASE + 0x100))
+            .unwrap();
+        assert_eq!(&buf, b"early and late");
+        assert_ne!(r(&mut t, REG_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_VRING, 0);
+
+        drop(host);
+        assert_eq!(t.handle_backend_event(), BackendStatus::Closed);
     }
 
     #[test]
