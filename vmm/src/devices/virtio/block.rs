@@ -28,6 +28,12 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Length of the serial returned by `VIRTIO_BLK_T_GET_ID`.
 pub const ID_BYTES: usize = 20;
 
+/// Feature bit: `seg_max` in the config space is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+/// Most data segments per request we advertise: without it Linux sends one
+/// segment per request. Half the queue, so a request fits even without indirect
+/// descriptors.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 / 2 - 2;
 /// Feature bit: the disk is read-only.
 pub const VIRTIO_BLK_F_RO: u32 = 5;
 /// Feature bit: the device supports cache flush.
@@ -50,8 +56,8 @@ pub const VIRTIO_BLK_S_IOERR: u8 = 1;
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 const HEADER_LEN: u32 = 16;
-// virtio_blk_config: capacity (u64) is the only field we fill; the rest reads as 0
-// because we offer none of the features that give them meaning.
+// virtio_blk_config: capacity (u64) at 0 and seg_max (u32) at 12 are filled; the
+// rest reads as 0 because we offer none of the features that give them meaning.
 const CONFIG_LEN: usize = 60;
 
 /// Errors opening a disk.
@@ -136,6 +142,7 @@ impl Block {
         serial[..n].copy_from_slice(&id.as_bytes()[..n]);
         let mut config = [0u8; CONFIG_LEN];
         config[..8].copy_from_slice(&nsectors.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         Ok(Self {
             file,
             read_only,
@@ -366,7 +373,8 @@ impl VirtioDevice for Block {
     fn features(&self) -> u64 {
         let mut f = (1u64 << VIRTIO_F_VERSION_1)
             | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
-            | (1u64 << VIRTIO_BLK_F_FLUSH);
+            | (1u64 << VIRTIO_BLK_F_FLUSH)
+            | (1u64 << VIRTIO_BLK_F_SEG_MAX);
         if self.read_only {
             f |= 1u64 << VIRTIO_BLK_F_RO;
         }
@@ -561,6 +569,9 @@ mod tests {
         let mut b = [0xffu8; 4];
         blk.read_config(4, &mut b);
         assert_eq!(b, [0; 4]);
+        assert_ne!(f & (1 << VIRTIO_BLK_F_SEG_MAX), 0);
+        blk.read_config(12, &mut b);
+        assert_eq!(u32::from_le_bytes(b), SEG_MAX);
         blk.read_config(u64::MAX, &mut b);
         assert_eq!(b, [0; 4]);
         let (rw, _) = fx.block(false);
