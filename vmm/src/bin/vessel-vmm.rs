@@ -8,7 +8,12 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use vessel_vmm::exit::{EXIT_HOST_ERROR, EXIT_USAGE};
 use vessel_vmm::{Vm, VmConfig, VmHandle};
 
-const USAGE: &str = "usage: vessel-vmm --config FILE (a VmConfig as JSON; `-` reads stdin)";
+const USAGE: &str = "usage: vessel-vmm --config FILE   (a VmConfig as JSON; `-` reads stdin)
+
+Runs one VM. Exit codes: 0 guest powered off, 1 host error, 2 usage or config
+error, 3 guest reset/reboot, 4 triple fault, 5 KVM internal error (e.g.
+emulation failure), 6 VM entry failure, 7 stopped (SIGTERM/SIGINT), 8 timeout,
+9 unhandled KVM exit. See docs/vmm.md.";
 
 // The handle a SIGTERM/SIGINT stops. Set once before the handler is installed and
 // never freed (the process ends with the VM).
