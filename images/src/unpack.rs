@@ -913,12 +913,23 @@ fn list_dir(dir: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>, Errno> {
     Ok(out)
 }
 
+/// Deepest tree `remove_all` descends: far beyond any real image, and shallow
+/// enough that a hostile layer's deep tree is an error, not a stack overflow.
+const MAX_REMOVE_DEPTH: usize = 1000;
+
 /// Removes `base` in `p` and, for a directory, everything below it, never
 /// following a symlink.
 fn remove_all(p: BorrowedFd<'_>, base: &[u8]) -> Result<(), Errno> {
+    remove_below(p, base, 0)
+}
+
+fn remove_below(p: BorrowedFd<'_>, base: &[u8], depth: usize) -> Result<(), Errno> {
     let st = rustix::fs::statat(p, base, AtFlags::SYMLINK_NOFOLLOW)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return rustix::fs::unlinkat(p, base, AtFlags::empty());
+    }
+    if depth >= MAX_REMOVE_DEPTH {
+        return Err(Errno::NAMETOOLONG);
     }
     let dir = open_dir_nofollow(p, base)?;
     // A read-only directory of ours must become writable to be emptied; it is going anyway.
@@ -927,7 +938,7 @@ fn remove_all(p: BorrowedFd<'_>, base: &[u8]) -> Result<(), Errno> {
         let _ = rustix::fs::fchmod(&dir, Mode::from_raw_mode((st.st_mode & 0o7777) | 0o700));
     }
     for child in list_dir(dir.as_fd())? {
-        remove_all(dir.as_fd(), &child)?;
+        remove_below(dir.as_fd(), &child, depth + 1)?;
     }
     rustix::fs::unlinkat(p, base, AtFlags::REMOVEDIR)
 }

@@ -1303,3 +1303,38 @@ fn aufs_metadata_is_skipped_and_plnk_hardlinks_resolve() {
         );
     });
 }
+
+#[test]
+fn removing_a_very_deep_tree_is_an_error_not_a_crash() {
+    each(|fx| {
+        // 1200 levels, 50 per entry, reached through a symlink so no name is too long.
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 1..=24 {
+            let prefix = if i == 1 { "" } else { "deep/" };
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(MTIME);
+            b.append_data(&mut h, format!("{prefix}{}", "a/".repeat(50)), &b""[..])
+                .unwrap();
+            let target = format!("/{}", "a/".repeat(50 * i));
+            let mut l = tar::Header::new_gnu();
+            l.set_entry_type(EntryType::Symlink);
+            l.set_mode(0o777);
+            l.set_size(0);
+            l.set_uid(0);
+            l.set_gid(0);
+            l.set_mtime(MTIME);
+            b.append_link(&mut l, "deep", target.trim_end_matches('/'))
+                .unwrap();
+        }
+        fx.ok(b.into_inner().unwrap());
+        let deepest = "a/".repeat(1200);
+        assert!(fx.rootfs.join(&deepest).is_dir());
+        let e = fx.apply(T::new().file(".wh.a", b"").done()).unwrap_err();
+        assert!(e.to_string().contains("\".wh.a\""), "{e}");
+    });
+}
