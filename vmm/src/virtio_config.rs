@@ -1,8 +1,9 @@
 //! Builds the virtio devices a [`VmConfig`] asks for: one virtio-blk per disk, then
 //! the virtio-console on its host channel (a Unix socket or inherited fds).
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
 
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::virtio::{Block, Console, ConsoleBackend, VirtioDevice};
@@ -23,7 +24,47 @@ fn inherited_fd(fd: i32) -> Result<OwnedFd, VmmError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn console_backend(console: &ConsoleConfig) -> Result<Option<ConsoleBackend>, VmmError> {
+/// Waits until `fd` is readable (a listener: a peer is connecting), for at most
+/// `timeout` (forever when `None`).
+fn wait_readable(fd: &impl AsRawFd, timeout: Option<Duration>) -> std::io::Result<()> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no peer connected before the VM's timeout",
+                    ));
+                }
+                i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+            }
+            None => -1,
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            return Ok(());
+        }
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn console_backend(
+    console: &ConsoleConfig,
+    timeout: Option<Duration>,
+) -> Result<Option<ConsoleBackend>, VmmError> {
     let backend = match console {
         ConsoleConfig::None => return Ok(None),
         ConsoleConfig::Socket {
@@ -35,9 +76,12 @@ fn console_backend(console: &ConsoleConfig) -> Result<Option<ConsoleBackend>, Vm
             ConsoleBackend::from_stream(stream)
         }
         ConsoleConfig::Socket { path, listen: true } => {
-            // Blocks until the peer connects: the agent channel is useless without it.
+            // Waits for the peer before the guest starts: the agent channel is
+            // useless without it. Bounded by the VM's timeout, if it has one.
             let listener = UnixListener::bind(path)
                 .map_err(|e| console_err(format!("bind {}: {e}", path.display())))?;
+            wait_readable(&listener, timeout)
+                .map_err(|e| console_err(format!("waiting on {}: {e}", path.display())))?;
             let (stream, _) = listener
                 .accept()
                 .map_err(|e| console_err(format!("accept on {}: {e}", path.display())))?;
@@ -66,8 +110,50 @@ pub fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, V
             })?;
         devices.push(Box::new(block));
     }
-    if let Some(backend) = console_backend(&config.console)? {
+    if let Some(backend) = console_backend(&config.console, config.timeout())? {
         devices.push(Box::new(Console::new(backend)));
     }
     Ok(devices)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_console_gives_up_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let console = ConsoleConfig::Socket {
+            path: path.clone(),
+            listen: true,
+        };
+        let start = Instant::now();
+        let err = console_backend(&console, Some(Duration::from_millis(100)))
+            .err()
+            .expect("no peer: must fail");
+        assert!(err.to_string().contains("timeout"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+        std::fs::remove_file(&path).unwrap();
+        let console2 = console.clone();
+        let t =
+            std::thread::spawn(move || console_backend(&console2, Some(Duration::from_secs(5))));
+        // The path appears at bind(), a moment before listen(): retry the connect.
+        let _peer = loop {
+            match UnixStream::connect(&path) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        assert!(t.join().unwrap().unwrap().is_some());
+    }
+
+    #[test]
+    fn closed_inherited_fd_is_an_error() {
+        let console = ConsoleConfig::Fds {
+            input: 987_654,
+            output: 987_654,
+        };
+        assert!(console_backend(&console, None).is_err());
+    }
 }

@@ -59,13 +59,16 @@ fn open_serial(out: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> {
     Ok(match out {
         SerialOutput::None => Box::new(std::io::sink()),
         SerialOutput::Stdout => Box::new(std::io::stdout()),
-        SerialOutput::File { path } => Box::new(
+        // Line-buffered: the kernel log is line-oriented, and one write(2) per byte
+        // would cost a syscall per character. The buffer is flushed when the VM
+        // (and so the serial device) is dropped at the end of `run`.
+        SerialOutput::File { path } => Box::new(std::io::LineWriter::new(
             OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|e| VmmError::Io("opening the serial output file", e))?,
-        ),
+        )),
     })
 }
 
