@@ -24,7 +24,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::block::{Block, SECTOR_SIZE};
 use super::console::{Console, ConsoleBackend, MAX_PENDING};
-use super::{VirtioDevice, VirtioInterrupt};
+use super::mmio::{MmioTransport, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
+use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::devices::BusDevice;
 
 const REGION: u64 = 0x8000;
 const MEM_SIZE: u64 = 2 * REGION;
@@ -271,6 +273,114 @@ pub fn fuzz_console(data: &[u8]) {
     console.reset();
 }
 
+// The transport's registers, so that random offsets mostly hit real ones.
+const MMIO_REGS: [u64; 24] = [
+    0x000, 0x004, 0x008, 0x00c, 0x010, 0x014, 0x020, 0x024, 0x030, 0x034, 0x038, 0x044, 0x050,
+    0x060, 0x064, 0x070, 0x080, 0x084, 0x090, 0x094, 0x0a0, 0x0a4, 0x0fc, 0x100,
+];
+
+fn write32(t: &mut MmioTransport, offset: u64, value: u32) {
+    t.write(offset, &value.to_le_bytes());
+}
+
+/// Feeds one fuzz input through the virtio-mmio transport (over a virtio-blk
+/// device): a sequence of register accesses, whole driver handshakes and queue
+/// notifications, with guest memory (and so the rings) filled from the input.
+pub fn fuzz_mmio(data: &[u8]) {
+    let mut input = Input { data };
+    let mem = memory();
+    fill_memory(&mem, data);
+    let blk = Block::from_file(disk(), input.u8() & 1 == 1, "fuzz").expect("block on memfd");
+    let mut t = MmioTransport::new(mem.clone(), Box::new(blk)).expect("transport");
+    let offered = t.device_features();
+    for _ in 0..256 {
+        if input.data.is_empty() {
+            break;
+        }
+        match input.u8() % 8 {
+            0 | 1 => {
+                let offset = MMIO_REGS[usize::from(input.u8()) % MMIO_REGS.len()];
+                let value = match input.u8() % 4 {
+                    0 => input.u32(),
+                    1 => u32::from(input.u8() % 16), // status bits, selectors, indices
+                    2 => (input.u32() % MEM_SIZE as u32) & !0xf, // plausible ring address
+                    _ => 1 << (input.u8() % 32),
+                };
+                write32(&mut t, offset, value);
+            }
+            2 => {
+                let offset = MMIO_REGS[usize::from(input.u8()) % MMIO_REGS.len()];
+                let mut buf = [0u8; 4];
+                t.read(offset, &mut buf);
+            }
+            3 => {
+                // A well-behaved driver bringing the device up, with queue 0 at a
+                // layout chosen by the input.
+                let features = u64::from(input.u32()) & offered | (1 << VIRTIO_F_VERSION_1);
+                write32(&mut t, 0x070, 0);
+                write32(&mut t, 0x070, 1);
+                write32(&mut t, 0x070, 3);
+                write32(&mut t, 0x024, 0);
+                write32(&mut t, 0x020, features as u32);
+                write32(&mut t, 0x024, 1);
+                write32(&mut t, 0x020, (features >> 32) as u32);
+                write32(&mut t, 0x070, 0xb);
+                let size = 1u32 << (input.u8() % 9);
+                let base = u64::from(input.u16()) * 16 % MEM_SIZE;
+                let avail = base + 16 * u64::from(size);
+                let used = (avail + 6 + 2 * u64::from(size) + 3) & !3;
+                write32(&mut t, 0x030, 0);
+                write32(&mut t, 0x038, size);
+                write32(&mut t, 0x080, base as u32);
+                write32(&mut t, 0x084, 0);
+                write32(&mut t, 0x090, avail as u32);
+                write32(&mut t, 0x094, 0);
+                write32(&mut t, 0x0a0, used as u32);
+                write32(&mut t, 0x0a4, 0);
+                write32(&mut t, 0x044, 1);
+                write32(&mut t, 0x070, 0xf);
+            }
+            4 => t.handle_queue_event(usize::from(input.u8() % 3)),
+            5 => {
+                // Guest memory changes under the device's feet (rings, descriptors).
+                let addr = u64::from(input.u16()) % MEM_SIZE;
+                let _ = mem.write_obj(input.u64(), GuestAddress(addr));
+            }
+            _ => {
+                // Any offset, any width, read or write.
+                let offset = u64::from(input.u16()) % 0x1100;
+                let width = [1usize, 2, 4, 8][usize::from(input.u8() % 4)];
+                let bytes = input.u64().to_le_bytes();
+                if input.u8() & 1 == 0 {
+                    t.write(offset, &bytes[..width]);
+                } else {
+                    let mut buf = [0u8; 8];
+                    t.read(offset, &mut buf[..width]);
+                }
+            }
+        }
+        let status = t.status();
+        if status & STATUS_FEATURES_OK != 0 {
+            assert_eq!(
+                t.driver_features() & !offered,
+                0,
+                "unoffered feature accepted"
+            );
+            assert_ne!(t.driver_features() & (1 << VIRTIO_F_VERSION_1), 0);
+        }
+        if t.is_activated() {
+            assert_ne!(status & STATUS_DRIVER_OK, 0, "running without DRIVER_OK");
+        }
+        if status & STATUS_DRIVER_OK != 0 && !t.is_activated() {
+            assert_ne!(
+                status & STATUS_DEVICE_NEEDS_RESET,
+                0,
+                "DRIVER_OK but not running"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +409,15 @@ mod tests {
         }
         fuzz_block(&[]);
         fuzz_block(&[0xff; 4096]);
+    }
+
+    #[test]
+    fn hostile_mmio_drivers_never_break_the_handshake_rules() {
+        for data in inputs(0x3e6c_9ed0, 1000) {
+            fuzz_mmio(&data);
+        }
+        fuzz_mmio(&[]);
+        fuzz_mmio(&[0x03; 4096]);
     }
 
     #[test]

@@ -151,6 +151,17 @@ impl MmioTransport {
         self.status
     }
 
+    /// The features the driver has written so far (accepted by the device only
+    /// once `FEATURES_OK` reads back set).
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
+    }
+
+    /// The features the device offers.
+    pub fn device_features(&self) -> u64 {
+        self.device.features()
+    }
+
     /// Whether the driver completed the handshake and the device is running.
     pub fn is_activated(&self) -> bool {
         self.activated
