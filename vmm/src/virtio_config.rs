@@ -129,9 +129,9 @@ mod tests {
             listen: true,
         };
         let start = Instant::now();
-        let err = console_backend(&console, Some(Duration::from_millis(100)))
-            .err()
-            .expect("no peer: must fail");
+        let Err(err) = console_backend(&console, Some(Duration::from_millis(100))) else {
+            panic!("no peer: must fail");
+        };
         assert!(err.to_string().contains("timeout"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(2));
         std::fs::remove_file(&path).unwrap();
