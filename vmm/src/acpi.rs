@@ -140,8 +140,7 @@ impl Aml for RawAml {
 
 /// Builds every table and assigns its address, without touching guest memory.
 pub fn build_acpi_tables(vcpus: u8, mmio: &[MmioDeviceInfo]) -> Result<Vec<AcpiTable>, AcpiError> {
-    // APIC ids 0..vcpus plus the IOAPIC id (we use vcpus) must fit in a u8, and 255 is
-    // the broadcast id.
+    // Local APIC ids are 0..vcpus in 8 bits, and 255 is the xAPIC broadcast id.
     if vcpus == 0 || vcpus > 254 {
         return Err(AcpiError::VcpuCount(vcpus));
     }
@@ -198,7 +197,9 @@ pub fn build_acpi_tables(vcpus: u8, mmio: &[MmioDeviceInfo]) -> Result<Vec<AcpiT
     for cpu in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
     }
-    madt.add_structure(IoApic::new(vcpus, IOAPIC_ADDR, 0));
+    // Id 0 is what KVM's in-kernel IOAPIC reports in its id register (QEMU's
+    // microvm uses it too); 64-bit Linux does not need it distinct from LAPIC ids.
+    madt.add_structure(IoApic::new(0, IOAPIC_ADDR, 0));
     let madt_bytes = to_bytes(&madt);
     let madt_addr = place(madt_bytes.len());
 
