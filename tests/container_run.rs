@@ -799,3 +799,38 @@ fn terminal_size_resizes_and_ctrl_c_through_the_pty() {
     assert_eq!(status.code(), Some(4), "{seen:?}");
     assert!(seen.contains("20 70"), "resize not passed: {seen:?}");
 }
+
+#[test]
+fn run_pulls_per_the_pull_policy() {
+    if ctr::skip() {
+        return;
+    }
+    let Some(registry) = common::Registry::start() else {
+        return;
+    };
+    let root = TestRoot::new();
+    registry.push_image(
+        &TestImage::new("vessel-test/ctr:pull").cmd(&["echo", "v1"]),
+        "ctr/pull:1",
+    );
+    let reference = registry.reference("ctr/pull:1");
+    // never: a missing image is vessel's failure, and nothing is fetched.
+    let o = run(&root, &["--rm", "--pull", "never", &reference]);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    // missing (the default): pulled on first use.
+    assert_eq!(run_ok(&root, &["--rm", &reference]), "v1\n");
+    // The tag moves in the registry: missing keeps the stored image, always fetches.
+    registry.push_image(
+        &TestImage::new("vessel-test/ctr:pull").cmd(&["echo", "v2"]),
+        "ctr/pull:1",
+    );
+    assert_eq!(run_ok(&root, &["--rm", &reference]), "v1\n");
+    assert_eq!(
+        run_ok(&root, &["--rm", "--pull", "always", &reference]),
+        "v2\n"
+    );
+    assert_eq!(
+        run_ok(&root, &["--rm", "--pull", "never", &reference]),
+        "v2\n"
+    );
+}
