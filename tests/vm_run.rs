@@ -7,6 +7,9 @@ mod vm_support;
 
 use std::time::{Duration, Instant};
 
+use std::io::Write;
+use std::process::Stdio;
+
 use vm_support::{setup, text};
 
 fn host_release() -> String {
@@ -89,12 +92,255 @@ fn output_status_and_own_kernel(vmm: &str) {
     );
 }
 
-#[test]
-fn qemu_output_status_and_own_kernel() {
-    output_status_and_own_kernel("qemu");
+/// A process killed by a signal reports 128 + the signal.
+fn killed_by_signal(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let out = env.run(
+        &["--rm"],
+        &["sh", "-c", "echo before; kill -9 $$; echo after"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(stdout, "before\n");
 }
 
-#[test]
-fn builtin_output_status_and_own_kernel() {
-    output_status_and_own_kernel("builtin");
+/// stdin piped in; -e, -w, -u and --entrypoint override the image's config.
+fn stdin_and_overrides(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let mut child = env
+        .run_cmd(
+            &[
+                "--rm",
+                "-i",
+                "--entrypoint",
+                "sh",
+                "-e",
+                "FOO=bar baz",
+                "-w",
+                "/work/dir",
+                "-u",
+                "app",
+            ],
+            &[
+                "-c",
+                "cat; echo FOO=$FOO; pwd; id -u; id -g; echo HOME=$HOME",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"line one\nline two\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(
+        stdout, "line one\nline two\nFOO=bar baz\n/work/dir\n1000\n1000\nHOME=/home/app\n",
+        "stderr: {stderr}"
+    );
 }
+
+/// Writes land in the container's own disk, never in the image; two VMs of one image
+/// are independent; `rm` and `--rm` leave nothing.
+fn writes_are_per_container(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let writer = env
+        .run_cmd(
+            &["--name", "writer"],
+            &[
+                "sh",
+                "-c",
+                "echo from-writer > /marker; sleep 1; cat /marker",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second VM of the same image at the same time.
+    let reader = env.run(
+        &["--rm"],
+        &["sh", "-c", "sleep 1; cat /marker || echo no-marker"],
+    );
+    let writer = writer.wait_with_output().unwrap();
+    let (wout, werr) = text(&writer);
+    assert_eq!(writer.status.code(), Some(0), "stderr: {werr}");
+    assert_eq!(wout, "from-writer\n");
+    let (rout, rerr) = text(&reader);
+    assert!(
+        rout.contains("no-marker"),
+        "the second VM saw the first one's write: {rout} {rerr}"
+    );
+
+    // The image's rootfs is untouched.
+    for img in std::fs::read_dir(env.root.path().join("rootfs"))
+        .unwrap()
+        .flatten()
+    {
+        assert!(
+            !img.path().join("marker").exists(),
+            "write leaked into the image rootfs"
+        );
+    }
+    // The write is in the writer's container disk (the overlay's upper layer).
+    let dirs = env.container_dirs();
+    assert_eq!(dirs.len(), 1, "only the named container remains: {dirs:?}");
+    let disk = dirs[0].join("disk.ext4");
+    if common::have("debugfs") {
+        let o = std::process::Command::new("debugfs")
+            .args(["-R", "cat /upper/marker"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "from-writer\n");
+    }
+    env.cmd(&["rm", "writer"]).status().unwrap();
+    assert!(
+        env.container_dirs().is_empty(),
+        "rm left {:?}",
+        env.container_dirs()
+    );
+    assert!(
+        env.leftover_processes().is_empty(),
+        "left behind: {:?}",
+        env.leftover_processes()
+    );
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A detached VM container: logs, exec into the running VM, stop, rm.
+fn detached_lifecycle(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let out = env
+        .run_cmd(
+            &["-d", "--name", "bg"],
+            &["sh", "-c", "echo state > /tmp/state; echo started; trap 'echo got-term; exit 7' TERM; while true; do sleep 0.2; done"],
+        )
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "run -d: {stdout} {stderr}");
+    let logs = || text(&env.cmd(&["logs", "bg"]).output().unwrap()).0;
+    wait_for(
+        "the detached container's output",
+        Duration::from_secs(90),
+        || logs().contains("started"),
+    );
+    let ps = text(&env.cmd(&["ps"]).output().unwrap()).0;
+    assert!(ps.contains("bg"), "ps: {ps}");
+
+    // exec runs in the same VM: it sees the main process's /tmp file and its own kernel.
+    let ex = env
+        .cmd(&[
+            "exec",
+            "bg",
+            "sh",
+            "-c",
+            "cat /tmp/state; echo exec-err >&2; uname -r; exit 4",
+        ])
+        .output()
+        .unwrap();
+    let (eout, eerr) = text(&ex);
+    assert_eq!(ex.status.code(), Some(4), "exec: {eout} {eerr}");
+    assert!(eout.starts_with("state\n"), "exec stdout: {eout}");
+    assert!(
+        !eout.contains("exec-err") && eerr.contains("exec-err"),
+        "exec streams: {eout} / {eerr}"
+    );
+    assert_ne!(eout.lines().nth(1).unwrap_or_default(), host_release());
+
+    let stop = env.cmd(&["stop", "bg"]).output().unwrap();
+    assert!(stop.status.success(), "stop: {:?}", text(&stop));
+    let ps = text(&env.cmd(&["ps", "-a"]).output().unwrap()).0;
+    assert!(ps.contains("xited"), "ps -a after stop: {ps}");
+    assert!(
+        logs().contains("got-term"),
+        "the process saw SIGTERM: {}",
+        logs()
+    );
+    assert!(
+        env.leftover_processes().is_empty(),
+        "after stop: {:?}",
+        env.leftover_processes()
+    );
+    let rm = env.cmd(&["rm", "bg"]).output().unwrap();
+    assert!(rm.status.success(), "rm: {:?}", text(&rm));
+    assert!(
+        env.container_dirs().is_empty(),
+        "rm left {:?}",
+        env.container_dirs()
+    );
+}
+
+/// A kernel that cannot start its init fails the run quickly, with the kernel's last words.
+fn broken_kernel_cmdline_fails_fast(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let t = Instant::now();
+    let out = env
+        .run_cmd(&["--rm"], &["true"])
+        .env("VESSEL_KERNEL_ARGS", "rdinit=/no/such/init")
+        .env("VESSEL_BOOT_TIMEOUT", "60")
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains("kernel panic"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("Kernel panic - not syncing"),
+        "stderr: {stderr}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        env.container_dirs().is_empty(),
+        "left {:?}",
+        env.container_dirs()
+    );
+    assert!(
+        env.leftover_processes().is_empty(),
+        "left behind: {:?}",
+        env.leftover_processes()
+    );
+}
+
+macro_rules! on_both_backends {
+    ($($body:ident),* $(,)?) => {
+        mod qemu {
+            $(#[test] fn $body() { super::$body("qemu") })*
+        }
+        mod builtin {
+            $(#[test] fn $body() { super::$body("builtin") })*
+        }
+    };
+}
+
+on_both_backends!(
+    output_status_and_own_kernel,
+    killed_by_signal,
+    stdin_and_overrides,
+    writes_are_per_container,
+    detached_lifecycle,
+    broken_kernel_cmdline_fails_fast,
+);

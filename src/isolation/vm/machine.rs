@@ -59,20 +59,37 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
     lines
 }
 
-/// `summary`, then the kernel's and the VMM's last words, indented.
+/// `summary` (with the kernel's panic reason, if it panicked), then the kernel's and the
+/// VMM's last words, indented. A panic's own lines are shown rather than its stack trace.
 pub fn failure(summary: &str, console_log: &Path, vmm_log: &Path) -> String {
     let mut msg = summary.to_string();
-    let kernel = log_tail(console_log, LOG_TAIL);
-    if kernel.is_empty() {
+    let all = log_tail(console_log, 2000);
+    let panic_at = all
+        .iter()
+        .position(|l| l.contains("Kernel panic - not syncing"));
+    let shown: &[String] = match panic_at {
+        Some(p) => {
+            let reason = all[p]
+                .split("Kernel panic - not syncing")
+                .nth(1)
+                .unwrap_or_default()
+                .trim_start_matches(':')
+                .trim();
+            msg.push_str(&format!(": kernel panic: {reason}"));
+            &all[p.saturating_sub(LOG_TAIL - 1)..=p]
+        }
+        None => &all[all.len().saturating_sub(LOG_TAIL)..],
+    };
+    if shown.is_empty() {
         msg.push_str("\n  (the kernel printed nothing on the serial console)");
     } else {
         msg.push_str(&format!(
             "\n  last kernel messages ({}):",
             console_log.display()
         ));
-        for l in kernel {
+        for l in shown {
             msg.push_str("\n    ");
-            msg.push_str(&l);
+            msg.push_str(l);
         }
     }
     for l in log_tail(vmm_log, 4) {
@@ -104,13 +121,23 @@ impl Machine {
             File::create(&vmm_log).map_err(|e| format!("creating {}: {e}", vmm_log.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-        // SAFETY: prctl is async-signal-safe; it makes the VMM die with its supervisor
-        // (the thread that spawned it), so a killed vessel leaves no VM running.
+        // SAFETY: prctl and close_range are async-signal-safe system calls on no memory.
+        // PDEATHSIG makes the VMM die with its supervisor (the thread that spawned it), so
+        // a killed vessel leaves no VM running. Marking every inherited descriptor
+        // close-on-exec keeps the VMM from holding the caller's pipes open (a detached
+        // run's readiness pipe, a test's stdout), which would hang whoever waits for EOF.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Best effort: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 Ok(())
             });
         }
