@@ -352,3 +352,48 @@ fn a_finished_foreground_container_keeps_its_logs() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "warned\n");
     root.ok(&["rm", "fg"]);
 }
+
+#[test]
+fn detached_and_exec_terminals() {
+    if ctr::skip() {
+        return;
+    }
+    let root = TestRoot::new();
+    let img = busybox(&root, "dtty");
+    detached(
+        &root,
+        &[
+            "-t",
+            "--name",
+            "term",
+            &img,
+            "sh",
+            "-c",
+            "test -t 1 && echo has-tty; sleep 100",
+        ],
+    );
+    assert!(ctr::wait_for(10, || root
+        .ok(&["logs", "term"])
+        .contains("has-tty")));
+    let out = root.ok(&[
+        "exec",
+        "-t",
+        "term",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo exec-tty",
+    ]);
+    assert_eq!(out.replace('\r', ""), "exec-tty\n");
+    let out = root.ok(&["exec", "term", "sh", "-c", "test -t 1 || echo exec-pipe"]);
+    assert_eq!(out, "exec-pipe\n");
+    // exec -u resolves the user through the image's passwd; capabilities stay the container's.
+    assert_eq!(
+        root.ok(&["exec", "-u", "app", "term", "id", "-u"]),
+        "1000\n"
+    );
+    let status = root.ok(&["exec", "term", "cat", "/proc/self/status"]);
+    assert!(status.contains("CapBnd:\t00000000a80425fb"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    root.ok(&["rm", "-f", "term"]);
+    assert!(ctr::mounts_under(&root).is_empty());
+}

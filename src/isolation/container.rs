@@ -4,7 +4,6 @@
 //! driven by an OCI runtime spec; vessel adds the overlay, loopback, the console socket and
 //! docker's exit codes.
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -157,25 +156,43 @@ impl Backend for ContainerBackend {
         } else {
             None
         };
-        let env: HashMap<String, String> = process
-            .env
-            .iter()
-            .filter_map(|e| e.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        // The whole process goes to libcontainer as a process.json: its tenant builder
+        // takes the terminal flag from nowhere else, and this keeps the container's
+        // capabilities and no_new_privs from its spec.
+        let config: serde_json::Value = std::fs::read(target.dir.join("bundle/config.json"))
+            .map_err(|e| IsolationError::io("reading the container's runtime spec", e))
+            .and_then(|b| {
+                serde_json::from_slice(&b)
+                    .map_err(|e| IsolationError::runtime("reading the container's runtime spec", e))
+            })?;
+        let mut proc = config["process"].clone();
+        proc["args"] = serde_json::json!(process.args);
+        proc["env"] = serde_json::json!(process.env);
+        proc["cwd"] = serde_json::json!(process.cwd);
+        proc["terminal"] = serde_json::json!(process.terminal);
+        proc["user"] = serde_json::json!({
+            "uid": process.uid,
+            "gid": process.gid,
+            "additionalGids": process.additional_gids,
+        });
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let proc_file =
+            runtime_dir(&target.dir).join(format!("exec-{}-{nanos}.json", std::process::id()));
+        std::fs::write(&proc_file, serde_json::to_vec(&proc).unwrap_or_default())
+            .map_err(|e| IsolationError::io("writing the exec process spec", e))?;
         let size = stdio.terminal_size;
-        let pid = builder(&target.id, &target.dir, stdio, console.as_ref())?
-            .as_tenant()
-            .with_container_args(process.args.clone())
-            .with_env(env)
-            .with_cwd(Some(PathBuf::from(&process.cwd)))
-            .with_user(Some(process.uid))
-            .with_group(Some(process.gid))
-            .with_additional_gids(process.additional_gids.clone())
-            .with_no_new_privs(true)
-            .with_detach(process.terminal)
-            .build()
-            .map_err(|e| IsolationError::runtime("starting the process in the container", e))?;
+        let built = builder(&target.id, &target.dir, stdio, console.as_ref()).and_then(|b| {
+            b.as_tenant()
+                .with_process(Some(&proc_file))
+                .with_detach(process.terminal)
+                .build()
+                .map_err(|e| IsolationError::runtime("starting the process in the container", e))
+        });
+        let _ = std::fs::remove_file(&proc_file);
+        let pid = built?;
         let pty = console.as_ref().map(|c| c.receive()).transpose()?;
         let process = ContainerProcess::new(pid.as_raw(), None, pty);
         if let Some((rows, cols)) = size {
