@@ -6,7 +6,7 @@
 //! On this project's machine /dev/kvm is a nested kvm_pvm that emulates guest
 //! ring 0, so the kernel crawls: measured here the ELF prints its banner after
 //! ~16 s and the bzImage (which first decompresses itself, emulated) after ~160 s.
-//! The budget is `VESSEL_BOOT_BANNER_SECS` (default 300 s) per kernel.
+//! The budget is `VESSEL_BOOT_BANNER_SECS` (default 480 s) per kernel.
 //!
 //! Where KVM runs the boot at hardware speed (the bzImage banner within
 //! [`FAST_BANNER`]), or when `VESSEL_BOOT_ROUND_TRIP=1` asks for it, the test goes
@@ -64,7 +64,7 @@ fn budget() -> Duration {
     let secs = std::env::var("VESSEL_BOOT_BANNER_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(480);
     Duration::from_secs(secs)
 }
 
