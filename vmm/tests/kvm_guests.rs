@@ -564,3 +564,63 @@ fn binary_stops_on_sigterm_with_code_7() {
     assert_eq!(status.code(), Some(7), "{status:?}");
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn boot_vcpu_starts_an_application_processor_with_init_sipi() {
+    if skip_without_kvm() {
+        return;
+    }
+    const LOAD: u64 = 0x8000; // SIPI vector 0x08 starts the AP here, in real mode
+    const FLAG: u32 = 0x9000;
+    // AP: "A" on the serial port, set the flag, halt.
+    let mut ap = Asm::real_mode();
+    ap.out_bytes(COM1, b"A")
+        .raw(&[0xc6, 0x06])
+        .raw(&(FLAG as u16).to_le_bytes())
+        .raw(&[1])
+        .raw(&[0xfa])
+        .halt_forever();
+    assert!(ap.code.len() < 0x100);
+    // BSP (protected mode, at LOAD + 0x100): INIT then SIPI to APIC ID 1 through
+    // the local APIC's ICR, wait for the flag, "B", power off.
+    let mut bsp = Asm::new();
+    bsp.store(0xfee0_0310, 1 << 24)
+        .store(0xfee0_0300, 0x0000_4500) // INIT, assert
+        .store(0xfee0_0310, 1 << 24)
+        .store(0xfee0_0300, 0x0000_4600 | (LOAD as u32 >> 12)); // STARTUP
+    let spin = bsp.code.len();
+    bsp.raw(&[0x80, 0x3d])
+        .raw(&FLAG.to_le_bytes())
+        .raw(&[1, 0x75]);
+    let rel = spin as i64 - (bsp.code.len() as i64 + 1);
+    bsp.raw(&[rel as i8 as u8])
+        .out_bytes(COM1, b"B")
+        .power_off()
+        .halt_forever();
+    let mut image = ap.code.clone();
+    image.resize(0x100, 0x90);
+    image.extend_from_slice(&bsp.code);
+
+    let file = temp_file(&image);
+    let mut config = config_for(
+        file.path(),
+        KernelFormat::Raw {
+            load_address: LOAD,
+            entry: LOAD + 0x100,
+            mode: EntryMode::Protected,
+        },
+    );
+    config.vcpus = 2;
+    let serial = SharedBuf::default();
+    let reason = Vm::with_serial(&config, Box::new(serial.clone()))
+        .unwrap()
+        .run()
+        .unwrap();
+    assert_eq!(
+        reason,
+        ExitReason::PowerOff,
+        "serial: {:?}",
+        serial.contents()
+    );
+    assert_eq!(serial.contents(), b"AB");
+}
