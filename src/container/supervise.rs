@@ -207,8 +207,11 @@ fn connect(
             if let Some((rows, cols)) = terminal_size() {
                 let _ = process.resize(rows, cols);
             }
-            raw = Some(RawMode::enter());
+            // As docker: only with -i do keys go to the container's terminal (raw mode);
+            // with -t alone the terminal stays cooked, so Ctrl-C signals vessel, which
+            // forwards it.
             if interactive {
+                raw = Some(RawMode::enter());
                 // Not joined: it blocks reading vessel's stdin until the user types.
                 copy_thread(std::io::stdin(), input);
             }
