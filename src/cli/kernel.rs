@@ -133,6 +133,13 @@ fn install(root: &Path, args: InstallArgs) -> anyhow::Result<ExitCode> {
         k.release.as_deref().unwrap_or("(unknown release)"),
         boot::kernel::installed_dir(root).display()
     );
-    print_kernel(&k, &[]);
+    let mods: Vec<String> = match &k.modules {
+        Some(m) => boot::modules::resolve(m, boot::modules::NEEDED)?
+            .into_iter()
+            .map(|m| m.name)
+            .collect(),
+        None => Vec::new(),
+    };
+    print_kernel(&k, &mods);
     Ok(ExitCode::SUCCESS)
 }
