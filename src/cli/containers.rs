@@ -878,3 +878,42 @@ fn exec_inner(root: &Path, args: ExecArgs) -> Result<ExitCode> {
     let exit = supervise::run_exec(backend.as_ref(), &target(root, &r), &p, args.interactive)?;
     Ok(ExitCode::from(exit.code().clamp(0, 255) as u8))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256m"), Ok(256 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert!(parse_size("m").is_err());
+        assert!(parse_size("-1m").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("KILL").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("sigterm").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn binds() {
+        let b = parse_bind("/tmp:/data:ro").unwrap();
+        assert!(b.read_only);
+        assert_eq!(b.destination, PathBuf::from("/data"));
+        assert!(!parse_bind("/tmp:/data").unwrap().read_only);
+        assert!(parse_bind("tmp:/data").is_err());
+        assert!(parse_bind("/tmp:data").is_err());
+        assert!(parse_bind("/tmp:/data:rx").is_err());
+        assert!(parse_bind("/tmp").is_err());
+        assert!(parse_bind("/no/such/dir/at/all:/data").is_err());
+    }
+}

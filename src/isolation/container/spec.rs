@@ -243,6 +243,92 @@ pub fn build(spec: &LaunchSpec, rootfs: &std::path::Path) -> Result<Value, Isola
 mod tests {
     use super::*;
 
+    use crate::container::process::ProcessSpec;
+    use crate::isolation::{BindMount, Resources, VmOptions};
+
+    fn launch(network: NetworkMode) -> LaunchSpec {
+        LaunchSpec {
+            id: "abc".into(),
+            dir: "/state/containers/abc".into(),
+            image_id: "sha256:x".into(),
+            image_rootfs: "/state/rootfs/x".into(),
+            process: ProcessSpec {
+                args: vec!["true".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![50],
+                hostname: "h".into(),
+                terminal: false,
+            },
+            binds: vec![BindMount {
+                source: "/host".into(),
+                destination: "/data".into(),
+                read_only: true,
+            }],
+            tmpfs: vec!["/scratch".into()],
+            read_only: true,
+            network,
+            resources: Resources {
+                memory: Some(64 << 20),
+                cpus: Some(0.5),
+                pids: Some(10),
+            },
+            cap_add: vec![],
+            cap_drop: vec![],
+            vm: VmOptions::default(),
+        }
+    }
+
+    #[test]
+    fn spec_carries_the_launch() {
+        let v = build(&launch(NetworkMode::None), std::path::Path::new("/r")).unwrap();
+        assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["process"]["user"]["uid"], 1000);
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 10);
+        assert_eq!(v["linux"]["cgroupsPath"], "/vessel/abc");
+        let ns: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
+        assert!(ns.contains(&"network") && ns.contains(&"pid"));
+        let mounts = v["mounts"].as_array().unwrap();
+        let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
+        assert!(data["options"].as_array().unwrap().contains(&"ro".into()));
+        assert!(mounts
+            .iter()
+            .any(|m| m["destination"] == "/scratch" && m["type"] == "tmpfs"));
+        let host = build(&launch(NetworkMode::Host), std::path::Path::new("/r")).unwrap();
+        assert!(!host["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
+    }
+
+    #[test]
+    fn seccomp_admin_calls_follow_cap_sys_admin() {
+        let denied = |caps: &[String]| -> Vec<String> {
+            seccomp::default_profile(caps)["syscalls"][0]["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap().to_string())
+                .collect()
+        };
+        let plain = denied(&["CAP_CHOWN".into()]);
+        assert!(plain.contains(&"mount".to_string()) && plain.contains(&"kexec_load".to_string()));
+        let admin = denied(&["CAP_SYS_ADMIN".into()]);
+        assert!(!admin.contains(&"mount".to_string()));
+        assert!(admin.contains(&"kexec_load".to_string()));
+    }
+
     #[test]
     fn cap_add_and_drop() {
         let c = capabilities(&["net_admin".into()], &["CAP_CHOWN".into()]).unwrap();
