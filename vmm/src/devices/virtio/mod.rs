@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod console;
+#[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mmio;
