@@ -380,13 +380,29 @@ fn namespaces_pid_uts_network() {
     assert_eq!(lines.len(), 2, "interfaces: {out}");
     let flags = u32::from_str_radix(lines[1].trim_start_matches("0x"), 16).unwrap();
     assert_eq!(flags & 1, 1, "lo is down");
-    // Network host: the host's interfaces.
-    let host_ifaces = std::fs::read_dir("/sys/class/net").unwrap().count();
+    // Network host: the host's interfaces (compared as sets, read around the run, so an
+    // interface another test adds meanwhile does not matter).
+    let host_ifaces = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before = host_ifaces();
     let out = run_ok(
         &root,
         &["--rm", "--network", "host", &img, "ls", "/sys/class/net"],
     );
-    assert_eq!(out.lines().count(), host_ifaces);
+    let after = host_ifaces();
+    let seen: std::collections::BTreeSet<String> = out.lines().map(str::to_string).collect();
+    for i in before.intersection(&after) {
+        assert!(seen.contains(i), "host interface {i} missing from {seen:?}");
+    }
+    assert!(
+        seen.iter().all(|i| before.contains(i) || after.contains(i)),
+        "{seen:?}"
+    );
 }
 
 #[test]
