@@ -381,6 +381,7 @@ fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
         oom_killed: false,
         auto_remove: args.rm,
         finished: None,
+        started: None,
     };
     records.insert(&record)?;
     store
@@ -549,7 +550,7 @@ fn ago(secs: i64) -> String {
 fn status(r: &Record) -> String {
     match r.state {
         State::Created => "Created".to_string(),
-        State::Running => format!("Up {}", ago(r.created).to_lowercase()),
+        State::Running => format!("Up {}", ago(r.started.unwrap_or(r.created)).to_lowercase()),
         State::Exited => {
             let code = r
                 .exit_code
@@ -602,6 +603,8 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
                 "State": match r.state { State::Created => "created", State::Running => "running", State::Exited => "exited" },
                 "Status": status(r),
                 "ExitCode": r.exit_code,
+                "StartedAt": r.started,
+                "FinishedAt": r.finished,
                 "OOMKilled": r.oom_killed,
                 "Isolation": r.isolation,
                 "Pid": r.pid,

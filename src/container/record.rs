@@ -67,6 +67,8 @@ pub struct Record {
     pub auto_remove: bool,
     /// End time, seconds since the epoch.
     pub finished: Option<i64>,
+    /// When the process started, seconds since the epoch.
+    pub started: Option<i64>,
 }
 
 /// Failures of the record store.
@@ -92,7 +94,7 @@ pub struct Records {
 }
 
 const COLUMNS: &str = "id, name, image, image_id, command, created, isolation, state, pid, \
-     supervisor_pid, supervisor_start, exit_code, oom_killed, auto_remove, finished";
+     supervisor_pid, supervisor_start, exit_code, oom_killed, auto_remove, finished, started";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Record> {
     let command: String = r.get(4)?;
@@ -113,6 +115,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Record> {
         oom_killed: r.get(12)?,
         auto_remove: r.get(13)?,
         finished: r.get(14)?,
+        started: r.get(15)?,
     })
 }
 
@@ -142,9 +145,17 @@ impl Records {
                 exit_code INTEGER,
                 oom_killed INTEGER NOT NULL DEFAULT 0,
                 auto_remove INTEGER NOT NULL DEFAULT 0,
-                finished INTEGER
+                finished INTEGER,
+                started INTEGER
             );",
         )?;
+        // Databases made before `started` existed.
+        let has_started = conn
+            .prepare("SELECT 1 FROM pragma_table_info('containers') WHERE name = 'started'")?
+            .exists([])?;
+        if !has_started {
+            conn.execute_batch("ALTER TABLE containers ADD COLUMN started INTEGER")?;
+        }
         Ok(Records { conn })
     }
 
@@ -153,7 +164,7 @@ impl Records {
         let res = self.conn.execute(
             &format!(
                 "INSERT INTO containers ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             ),
             params![
                 r.id,
@@ -171,6 +182,7 @@ impl Records {
                 r.oom_killed,
                 r.auto_remove,
                 r.finished,
+                r.started,
             ],
         );
         match res {
@@ -196,8 +208,8 @@ impl Records {
     /// Marks the container running with its main process's host PID.
     pub fn set_running(&self, id: &str, pid: Option<i32>) -> Result<(), RecordError> {
         self.conn.execute(
-            "UPDATE containers SET state = 'running', pid = ?2 WHERE id = ?1",
-            params![id, pid],
+            "UPDATE containers SET state = 'running', pid = ?2, started = ?3 WHERE id = ?1",
+            params![id, pid, super::now()],
         )?;
         Ok(())
     }
@@ -303,6 +315,7 @@ mod tests {
             oom_killed: false,
             auto_remove: false,
             finished: None,
+            started: None,
         }
     }
 
