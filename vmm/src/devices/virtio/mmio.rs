@@ -238,9 +238,8 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        if self.activated {
-            self.device.reset();
-        }
+        // Also when activation failed: the device may hold acked features.
+        self.device.reset();
         self.activated = false;
         self.status = 0;
         self.device_features_sel = 0;
