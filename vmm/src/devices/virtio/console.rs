@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -60,15 +61,11 @@ struct Endpoint {
 
 impl Endpoint {
     fn new(fd: OwnedFd) -> io::Result<Self> {
-        // SAFETY: fstat on an fd we own, into a zeroed stat buffer it fills.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open for the lifetime of this call and `st` is writable.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let file = std::fs::File::from(fd);
+        let is_socket = file.metadata()?.file_type().is_socket();
         Ok(Self {
-            fd,
-            is_socket: st.st_mode & libc::S_IFMT == libc::S_IFSOCK,
+            fd: OwnedFd::from(file),
+            is_socket,
         })
     }
 
