@@ -42,6 +42,13 @@ fn exit_codes_follow_the_process_and_docker_conventions() {
     );
     assert_eq!(o.status.code(), Some(125), "stderr: {}", stderr(&o));
     assert!(stderr(&o).starts_with("vessel: "), "stderr: {}", stderr(&o));
+    // Limits out of range are refused before anything starts.
+    for bad in [["--memory", "1m"], ["--cpus", "0"], ["--pids-limit", "0"]] {
+        let o = run(&root, &["--rm", bad[0], bad[1], &img, "true"]);
+        assert_eq!(o.status.code(), Some(125), "{bad:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(bad[0]), "{}", stderr(&o));
+    }
+    assert!(ctr::ps_all(&root).is_empty());
 }
 
 #[test]

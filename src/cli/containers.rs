@@ -286,6 +286,31 @@ fn self_start() -> (i32, u64) {
     (me, liveness::start_time(me).unwrap_or(0))
 }
 
+/// Rejects cgroup limits the kernel would refuse or that make no sense, with docker's
+/// bounds. (VM isolation reads --memory and --cpus as the VM's size and checks them itself.)
+fn check_limits(args: &RunArgs) -> Result<()> {
+    if args.isolation != IsolationKind::Container {
+        return Ok(());
+    }
+    if let Some(m) = args.memory {
+        if m < 6 << 20 {
+            bail!("--memory {m}: the minimum memory limit is 6m");
+        }
+    }
+    if let Some(c) = args.cpus {
+        let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        if !(0.01..=host).contains(&c) {
+            bail!("--cpus {c}: the range of CPUs is from 0.01 to {host}");
+        }
+    }
+    if let Some(p) = args.pids_limit {
+        if p < 1 {
+            bail!("--pids-limit {p}: must be at least 1");
+        }
+    }
+    Ok(())
+}
+
 /// `vessel run`: exit status of the process, or 125 when vessel fails.
 pub fn run(root: &Path, args: RunArgs) -> ExitCode {
     match run_inner(root, args) {
@@ -299,6 +324,7 @@ pub fn run(root: &Path, args: RunArgs) -> ExitCode {
 
 fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
     let root = &absolute(root)?;
+    check_limits(&args)?;
     let (store, records) = open(root)?;
     let img = image::resolve(&store, args.image(), args.pull)?;
     let id = names::new_id().context("generating a container ID")?;
