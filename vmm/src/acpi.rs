@@ -57,6 +57,15 @@ pub struct MmioDeviceInfo {
     pub irq: u32,
 }
 
+impl MmioDeviceInfo {
+    /// The `virtio_mmio.device=` kernel parameter describing this window: the
+    /// fallback for kernels built with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` and booted
+    /// without ACPI. (Debian's kernels lack that option and need the DSDT.)
+    pub fn kernel_cmdline_arg(&self) -> String {
+        format!("virtio_mmio.device={:#x}@{:#x}:{}", self.size, self.base, self.irq)
+    }
+}
+
 /// Errors building or placing the tables.
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -344,6 +353,17 @@ mod tests {
             acpi_pm::ACPI_PM_BASE + acpi_pm::RESET_OFFSET
         );
         assert_eq!(fadt[128], acpi_pm::RESET_VALUE);
+    }
+
+    #[test]
+    fn cmdline_fallback_describes_the_window() {
+        let dev = MmioDeviceInfo {
+            base: 0xd000_1000,
+            size: 0x1000,
+            irq: 6,
+        };
+        // The format Linux's vm_cmdline_set() parses: <size>@<base>:<irq>.
+        assert_eq!(dev.kernel_cmdline_arg(), "virtio_mmio.device=0x1000@0xd0001000:6");
     }
 
     #[test]
