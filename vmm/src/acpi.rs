@@ -62,7 +62,10 @@ impl MmioDeviceInfo {
     /// fallback for kernels built with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` and booted
     /// without ACPI. (Debian's kernels lack that option and need the DSDT.)
     pub fn kernel_cmdline_arg(&self) -> String {
-        format!("virtio_mmio.device={:#x}@{:#x}:{}", self.size, self.base, self.irq)
+        format!(
+            "virtio_mmio.device={:#x}@{:#x}:{}",
+            self.size, self.base, self.irq
+        )
     }
 }
 
@@ -363,7 +366,10 @@ mod tests {
             irq: 6,
         };
         // The format Linux's vm_cmdline_set() parses: <size>@<base>:<irq>.
-        assert_eq!(dev.kernel_cmdline_arg(), "virtio_mmio.device=0x1000@0xd0001000:6");
+        assert_eq!(
+            dev.kernel_cmdline_arg(),
+            "virtio_mmio.device=0x1000@0xd0001000:6"
+        );
     }
 
     #[test]
