@@ -28,7 +28,9 @@ fn exit_of(s: vessel_agent::ExitStatus) -> Exit {
     }
 }
 
-/// Stage timestamps of one VM run, printed with `--debug` (and read by scripts/bench-vm.sh).
+/// Stage timestamps of one VM run, printed with `--debug` or `$VESSEL_VM_TIMINGS=1` (which
+/// scripts/bench-vm.sh uses: `--debug` also raises the guest's log level, and printing the
+/// kernel log over an emulated serial port slows the boot it measures).
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     /// `start` was called.
@@ -90,7 +92,7 @@ impl Process for VmProcess {
         let gone = Instant::now();
         let _ = std::fs::remove_file(control_socket(&self.dir));
         let _ = std::fs::remove_file(pid_file(&self.dir));
-        if self.debug {
+        if self.debug || std::env::var_os("VESSEL_VM_TIMINGS").is_some_and(|v| v == "1") {
             let t = &self.timings;
             let ms = |a: Instant| a.duration_since(t.begin).as_secs_f64() * 1000.0;
             eprintln!(
