@@ -24,6 +24,7 @@ enum Token {
     Reset,
     Queue { device: usize, queue: usize },
     Backend { device: usize },
+    BackendOutput { device: usize },
 }
 
 /// Inputs of the event loop.
@@ -80,6 +81,15 @@ impl EventLoop<'_> {
                     Token::Backend { device },
                 )?;
             }
+            // Output the host could not take at once resumes when the fd drains;
+            // without this, a slow reader stalls the guest until its next kick.
+            if let Some(fd) = t.backend_output_fd() {
+                add(
+                    fd,
+                    EventSet::OUT | EventSet::EDGE_TRIGGERED,
+                    Token::BackendOutput { device },
+                )?;
+            }
         }
 
         let mut events = vec![EpollEvent::default(); tokens.len().max(1)];
@@ -116,6 +126,11 @@ impl EventLoop<'_> {
                     Token::Reset => return Ok(ExitReason::Reset),
                     Token::Queue { device, queue } => {
                         lock_device(&self.transports[device]).handle_queue_event(queue);
+                    }
+                    Token::BackendOutput { device } => {
+                        // Closing is decided on the input side; a writable output has
+                        // nothing more to report.
+                        let _ = lock_device(&self.transports[device]).handle_backend_event();
                     }
                     Token::Backend { device } => {
                         let status = lock_device(&self.transports[device]).handle_backend_event();
