@@ -2,8 +2,9 @@
 //! (qemu backend under TCG here), with the probes reporting what each mode really sees.
 
 mod common;
+mod vm_support;
 
-use common::{is_root, skip_without, TestImage, TestRoot};
+use common::TestRoot;
 use serde_json::Value;
 
 const ROWS: &[&str] = &[
@@ -34,18 +35,24 @@ const ROWS: &[&str] = &[
 
 #[test]
 fn compare_reports_both_modes_honestly() {
-    if !is_root() {
-        eprintln!("SKIP: compare needs root (container isolation)");
+    // The VM column needs what the VM tests need (root, kernel, agent, QEMU); the
+    // container column needs root.
+    let Some(env) = vm_support::setup("qemu") else {
         return;
-    }
-    if skip_without(&["qemu-system-x86_64"]) {
-        return;
-    }
-    let root = TestRoot::new();
-    let image = root.load(&TestImage::new("vessel-test/compare:1"));
-    let out = root.ok(&[
-        "compare", "--runs", "2", "--format", "json", "--vmm", "qemu", &image, "echo", "hello",
-    ]);
+    };
+    let out = env
+        .cmd(&[
+            "compare", "--runs", "2", "--format", "json", "--vmm", "qemu", &env.image, "echo",
+            "hello",
+        ])
+        .output()
+        .expect("run vessel compare");
+    assert!(
+        out.status.success(),
+        "compare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let report: Value = serde_json::from_str(&out).expect("compare --format json is JSON");
     let rows = report["rows"].as_array().expect("rows");
     let row = |key: &str| -> &Value {
@@ -94,7 +101,7 @@ fn compare_reports_both_modes_honestly() {
     assert!(row("host_memory_bytes")["vm"]["value"].is_number());
 
     // Nothing is left behind: no containers remain.
-    assert_eq!(root.ok(&["ps", "-a", "-q"]).trim(), "");
+    assert_eq!(env.root.ok(&["ps", "-a", "-q"]).trim(), "");
 }
 
 #[test]
