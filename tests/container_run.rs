@@ -470,9 +470,31 @@ fn security_defaults() {
     // The default seccomp profile refuses what it lists even with the capability added:
     // with CAP_SYS_ADMIN alone, swapon on /dev/null would fail with EINVAL, not EPERM.
     let img2 = root.load(
-        &TestImage::new("vessel-test/ctr:sec2")
-            .layer(Layer::new(vec![Entry::symlink("bin/swapon", "busybox")])),
+        &TestImage::new("vessel-test/ctr:sec2").layer(Layer::new(vec![
+            Entry::symlink("bin/swapon", "busybox"),
+            Entry::symlink("bin/unshare", "busybox"),
+        ])),
     );
+    // Namespaces cannot be made without CAP_SYS_ADMIN (docker's profile), and can with it.
+    let o = run(&root, &["--rm", &img2, "unshare", "-m", "true"]);
+    assert!(
+        stderr(&o).contains("Operation not permitted"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(
+        &root,
+        &[
+            "--rm",
+            "--cap-add",
+            "SYS_ADMIN",
+            &img2,
+            "unshare",
+            "-m",
+            "true",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = run(
         &root,
         &[

@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn seccomp_admin_calls_follow_cap_sys_admin() {
-        let denied = |caps: &[String]| -> Vec<String> {
+        let allowed = |caps: &[String]| -> Vec<String> {
             seccomp::default_profile(caps)["syscalls"][0]["names"]
                 .as_array()
                 .unwrap()
@@ -322,11 +322,23 @@ mod tests {
                 .map(|n| n.as_str().unwrap().to_string())
                 .collect()
         };
-        let plain = denied(&["CAP_CHOWN".into()]);
-        assert!(plain.contains(&"mount".to_string()) && plain.contains(&"kexec_load".to_string()));
-        let admin = denied(&["CAP_SYS_ADMIN".into()]);
-        assert!(!admin.contains(&"mount".to_string()));
-        assert!(admin.contains(&"kexec_load".to_string()));
+        let has = |v: &[String], n: &str| v.iter().any(|x| x == n);
+        let plain = allowed(&["CAP_CHOWN".into()]);
+        assert!(has(&plain, "read") && has(&plain, "execve") && has(&plain, "arch_prctl"));
+        assert!(!has(&plain, "mount") && !has(&plain, "kexec_load") && !has(&plain, "clone"));
+        let admin = allowed(&["CAP_SYS_ADMIN".into()]);
+        assert!(has(&admin, "mount") && has(&admin, "clone") && !has(&admin, "kexec_load"));
+        let profile = seccomp::default_profile(&["CAP_CHOWN".into()]);
+        assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+        let rules = profile["syscalls"].as_array().unwrap();
+        assert!(rules
+            .iter()
+            .any(|r| r["names"][0] == "clone3" && r["errnoRet"] == libc::ENOSYS));
+        assert!(rules
+            .iter()
+            .any(|r| r["names"][0] == "clone" && r["args"].is_array()));
+        // Every rule must parse as OCI seccomp.
+        serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(profile).unwrap();
     }
 
     #[test]
