@@ -240,7 +240,7 @@ impl ModeRunner {
         if roots.is_empty() {
             return Err("the container has no host process recorded".into());
         }
-        let mem = match record.pid.and_then(cgroup_memory) {
+        let mem = match record.pid.and_then(|pid| cgroup_memory(pid, &record.id)) {
             Some(bytes) => HostMemory {
                 bytes,
                 method: "cgroup usage".into(),
@@ -306,13 +306,18 @@ fn pss(pid: i32) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Memory charged to the cgroup of `pid` (v1 memory controller or v2).
-fn cgroup_memory(pid: i32) -> Option<u64> {
+/// Memory charged to the cgroup of `pid` (v1 memory controller or v2), when that cgroup
+/// is the container's own (its path names the container): a VMM runs in its caller's
+/// cgroup, whose usage would count everything else in it.
+fn cgroup_memory(pid: i32, id: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let mut v2 = None;
     for line in s.lines() {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if !path.contains(id.get(..12)?) {
+            continue;
+        }
         if controllers.split(',').any(|c| c == "memory") {
             let f = format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes");
             return std::fs::read_to_string(f).ok()?.trim().parse().ok();
