@@ -103,7 +103,7 @@ impl Store {
             }
         }
         if repair {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for name in &dangling {
                 metadata::remove_ref(&tx, name)?;
                 report.repaired.push(format!("removed reference {name}"));

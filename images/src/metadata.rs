@@ -79,6 +79,26 @@ pub struct ImageRecord {
 
 /// Opens (creating) the database at `path`.
 pub fn open(path: &Path) -> Result<Connection> {
+    // Switching a fresh file to WAL takes an exclusive lock and SQLite does not
+    // always wait for it through the busy handler, so several processes opening
+    // a new store at once can see "database is locked": retry for a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match try_open(path) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
+fn try_open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     // journal_mode returns a row, so it goes through query_row.
