@@ -53,6 +53,10 @@ impl Store {
     pub(crate) fn commit_image(&self, f: &Fetched, refs: &[String]) -> Result<Image> {
         let id = f.config_digest.to_string();
         let (diff_ids, created) = config_diff_ids(&f.config, &format!("config {id}"))?;
+        // Everything that reads the image later parses the config this way: refuse it
+        // now rather than record an image nobody can use.
+        oci_spec::image::ImageConfiguration::from_reader(&f.config[..])
+            .map_err(|e| StoreError::invalid(format!("config {id}"), e))?;
         if diff_ids.len() != f.layers.len() {
             return Err(StoreError::invalid(
                 format!("image {id}"),
