@@ -20,6 +20,7 @@ pub mod image;
 mod image_disk;
 mod import;
 pub mod inspect;
+pub mod interrupt;
 pub mod list;
 pub mod load;
 pub mod metadata;

@@ -101,11 +101,15 @@ impl Store {
     pub fn load(&self, path: &Path) -> Result<Vec<Image>> {
         let _lock = self.lock_shared()?;
         let file = File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+        let file = crate::interrupt::Interruptible(file);
         let (_, reader) = compression::decompress_sniffed(BufReader::with_capacity(1 << 20, file))
             .map_err(|e| StoreError::io("read", path, e))?;
         let mut archive = Archive::default();
         let scanned = self.scan(reader, &mut archive, path);
-        let result = scanned.and_then(|()| self.import_archive(&archive));
+        let mut result = scanned.and_then(|()| self.import_archive(&archive));
+        if result.is_err() && crate::interrupt::requested() {
+            result = Err(StoreError::Interrupted);
+        }
         // Blobs we added that no image uses (stray files, or everything after an error).
         let used = crate::metadata::used_blobs(&self.db())?;
         for d in &archive.created {

@@ -438,6 +438,9 @@ impl Store {
             manifest_digest: Some(digest),
             layers,
         };
+        if crate::interrupt::requested() {
+            return Err(StoreError::Interrupted);
+        }
         progress.note("Unpacking");
         // Unpacking is synchronous file work; it runs last, once nothing is in flight.
         let img = self.commit_image(&fetched, &refs)?;
@@ -473,6 +476,10 @@ impl Store {
             .map_err(|e| registry_error(&session.registry, format!("{what}: {}", chain(&e))))?;
         let mut stream_error = None;
         while let Some(chunk) = stream.next().await {
+            if crate::interrupt::requested() {
+                bar.finish("interrupted");
+                return Err(StoreError::Interrupted);
+            }
             match chunk {
                 Ok(bytes) => {
                     if w.len() + bytes.len() as u64 > desc.size() {

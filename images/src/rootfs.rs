@@ -60,15 +60,24 @@ impl Store {
         for l in layers {
             let digest = Digest::parse(&l.blob_digest)?;
             let file = self.content().open(&digest)?;
-            let reader = std::io::BufReader::with_capacity(256 * 1024, file);
+            let reader = crate::interrupt::Interruptible(std::io::BufReader::with_capacity(
+                256 * 1024,
+                file,
+            ));
             let (_, tar) =
                 compression::decompress_sniffed(reader).map_err(|e| StoreError::Unpack {
                     layer: l.blob_digest.clone(),
                     message: e.to_string(),
                 })?;
-            crate::unpack::apply_layer(dir, tar, &opts).map_err(|e| StoreError::Unpack {
-                layer: l.blob_digest.clone(),
-                message: e.to_string(),
+            crate::unpack::apply_layer(dir, tar, &opts).map_err(|e| {
+                if crate::interrupt::requested() {
+                    StoreError::Interrupted
+                } else {
+                    StoreError::Unpack {
+                        layer: l.blob_digest.clone(),
+                        message: e.to_string(),
+                    }
+                }
             })?;
         }
         Ok(())

@@ -143,6 +143,7 @@ enum SystemCommand {
 /// Runs `vessel pull`.
 pub fn pull(root: &Path, a: PullArgs) -> Result<ExitCode> {
     let store = open(root)?;
+    vessel_images::interrupt::install();
     let mut opts = PullOptions {
         insecure_registries: a.insecure_registry,
         progress: !a.quiet,
@@ -367,6 +368,7 @@ pub fn rmi(root: &Path, a: RmiArgs) -> Result<ExitCode> {
 /// Runs `vessel load`.
 pub fn load(root: &Path, a: LoadArgs) -> Result<ExitCode> {
     let store = open(root)?;
+    vessel_images::interrupt::install();
     let images = store
         .load(&a.input)
         .with_context(|| format!("loading {}", a.input.display()))?;
