@@ -313,7 +313,7 @@ fn interrupted_pull_leaves_a_consistent_store_and_the_next_pull_completes() {
     let root = TestRoot::new();
     // Interrupt at a few points: early in the download, later, during unpack.
     for delay_ms in [50u64, 250, 600] {
-        let mut child = root
+        let child = root
             .cmd()
             .args(["pull", "-q", &r])
             .stdin(Stdio::null())
