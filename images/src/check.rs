@@ -60,6 +60,12 @@ impl Store {
                     .map(|l| l.blob_digest),
             );
             let mut bad = false;
+            if let Err(e) = oci_spec::image::ImageConfiguration::from_reader(&img.config[..]) {
+                report
+                    .problems
+                    .push(format!("image {}: config unreadable: {e}", img.id));
+                bad = true;
+            }
             for b in &needed {
                 let present = Digest::parse(b)
                     .map(|d| self.content().has(&d))

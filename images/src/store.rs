@@ -254,13 +254,21 @@ impl Store {
         })
     }
 
-    /// Every image in the store (unordered).
+    /// Every image in the store (unordered). An image whose record cannot be read
+    /// is left out here (so one bad row does not hide the others) and reported by
+    /// `system check`.
     pub fn all_images(&self) -> Result<Vec<Image>> {
         let conn = self.db();
         let recs = metadata::all_images(&conn)?;
-        recs.into_iter()
-            .map(|r| self.build_image(&conn, r))
-            .collect()
+        let mut out = Vec::with_capacity(recs.len());
+        for r in recs {
+            match self.build_image(&conn, r) {
+                Ok(i) => out.push(i),
+                Err(StoreError::Db(e)) => return Err(StoreError::Db(e)),
+                Err(_) => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Points `target` at the image `source` names (moving `target` if it named another image).
