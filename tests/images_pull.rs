@@ -406,3 +406,28 @@ fn concurrent_pulls_of_the_same_image_agree() {
         .count();
     assert_eq!(trees, 1);
 }
+
+#[test]
+fn pull_refuses_a_layer_whose_diff_id_does_not_match_the_config() {
+    let Some(reg) = Registry::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let img = TestImage::new("vessel-test/liar:1");
+    let w = img.write_layout(dir.path());
+    common::lie_about_base_diff_id(dir.path(), &w);
+    reg.push(
+        &format!("oci:{}:1", dir.path().display()),
+        "vessel-test/liar:1",
+        false,
+    );
+    let root = TestRoot::new();
+    let err = root.fails(&["pull", &reg.reference("vessel-test/liar:1")]);
+    assert!(err.contains("diff_id"), "{err}");
+    assert!(err.contains(&w.layer_digests[0]), "names the layer: {err}");
+    let layer = root
+        .path()
+        .join("blobs/sha256")
+        .join(&w.layer_digests[0][7..]);
+    assert!(!layer.exists(), "the layer stayed in the store");
+    assert_eq!(root.ok(&["images", "-q"]).trim(), "");
+    assert!(temps_under(root.path()).is_empty());
+}

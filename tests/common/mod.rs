@@ -947,3 +947,30 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("find a free port")
 }
+
+/// Rewrites the OCI layout at `layout` (as [`TestImage::write_layout`] left it,
+/// `w` being what it returned) so that the config claims another diff_id for the
+/// base layer: every blob stays intact, so only a diff_id check can notice.
+pub fn lie_about_base_diff_id(layout: &Path, w: &Written) {
+    let blobs = layout.join("blobs/sha256");
+    let read = |d: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(blobs.join(&d[7..])).expect("read blob"))
+            .expect("blob json")
+    };
+    let mut cfg = read(&w.config_digest);
+    cfg["rootfs"]["diff_ids"][0] = json!(sha256(b"not the layer"));
+    let cfg_bytes = serde_json::to_vec(&cfg).expect("config json");
+    let cfg_digest = write_blob(layout, &cfg_bytes);
+    let mut m = read(&w.manifest_digest);
+    m["config"]["digest"] = json!(cfg_digest);
+    m["config"]["size"] = json!(cfg_bytes.len());
+    let m_bytes = serde_json::to_vec(&m).expect("manifest json");
+    let m_digest = write_blob(layout, &m_bytes);
+    let index_path = layout.join("index.json");
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(&index_path).expect("read index")).expect("index");
+    index["manifests"][0]["digest"] = json!(m_digest);
+    index["manifests"][0]["size"] = json!(m_bytes.len());
+    std::fs::write(&index_path, serde_json::to_vec(&index).expect("index json"))
+        .expect("write index");
+}
