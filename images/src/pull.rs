@@ -221,7 +221,8 @@ impl Session {
 
 impl Store {
     /// Pulls `reference` on a runtime of its own (for callers that are not async,
-    /// such as `vessel run --pull`).
+    /// such as `vessel run --pull`). Must not be called from inside a tokio
+    /// runtime (tokio refuses nested runtimes); async callers use [`Store::pull`].
     pub fn pull_blocking(&self, reference: &str, opts: &PullOptions) -> Result<Image> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
