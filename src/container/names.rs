@@ -23,9 +23,11 @@ pub fn new_id() -> std::io::Result<String> {
 /// collisions rare.
 pub fn generated_name(id: &str) -> String {
     let b = id.as_bytes();
-    let a = ADJECTIVES[(b[0] as usize * 31 + b[1] as usize) % ADJECTIVES.len()];
-    let n = NOUNS[(b[2] as usize * 31 + b[3] as usize) % NOUNS.len()];
-    format!("{a}_{n}_{}", &id[..4])
+    let at = |i: usize| b.get(i).copied().unwrap_or(0) as usize;
+    let a = ADJECTIVES[(at(0) * 31 + at(1)) % ADJECTIVES.len()];
+    let n = NOUNS[(at(2) * 31 + at(3)) % NOUNS.len()];
+    let suffix: String = id.chars().take(4).collect();
+    format!("{a}_{n}_{suffix}")
 }
 
 /// Checks a user-chosen name against docker's pattern `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -33,4 +35,20 @@ pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names() {
+        let id = new_id().unwrap();
+        assert_eq!(id.len(), 64);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+        let name = generated_name(&id);
+        assert!(valid_name(&name) && name.ends_with(&id[..4]), "{name}");
+        assert!(valid_name(&generated_name("")));
+        assert!(valid_name("web-1.a_b") && !valid_name("-x") && !valid_name("a/b"));
+    }
 }
