@@ -137,6 +137,23 @@ fn pull_chooses_the_platform_from_an_index() {
     assert_eq!(v["Id"], written[1].config_digest.as_str());
     assert_eq!(v["Architecture"], "arm64");
 
+    // The digest reference is the index's, as docker records it.
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{r}"))
+        .output()
+        .unwrap();
+    assert!(raw.status.success());
+    let index_digest = common::sha256(&raw.stdout);
+    assert!(
+        v["RepoDigests"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(&index_digest),
+        "{v}"
+    );
+    assert_ne!(v["ManifestDigest"], index_digest.as_str());
+
     let err = other.fails(&["pull", "--platform", "linux/s390x", &r]);
     assert!(err.contains("linux/s390x"), "{err}");
     assert!(

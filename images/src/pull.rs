@@ -302,6 +302,7 @@ impl Store {
 
         // Manifest, through an index if there is one.
         let (mut bytes, mut digest) = session.manifest(&session.image).await?;
+        let top_digest = digest.clone();
         if let Some(pinned) = r.digest() {
             if *pinned != digest {
                 return Err(StoreError::DigestMismatch {
@@ -425,14 +426,15 @@ impl Store {
             .await;
         let layers = results.into_iter().collect::<Result<Vec<_>>>()?;
 
-        let mut refs = vec![r.to_string()];
-        let pinned = Reference::parse(&r.name())?.with_digest(digest.clone());
-        if !refs.contains(&pinned.to_string()) {
-            refs.push(pinned.to_string());
+        // As docker records it: the tag (unless a digest was given, which wins), and
+        // the repository pinned to the digest the registry served for the name (the
+        // index's, for a multi-platform image).
+        let pinned = Reference::parse(&r.name())?.with_digest(top_digest);
+        let mut refs = Vec::new();
+        if r.digest().is_none() {
+            refs.push(r.to_string());
         }
-        if r.digest().is_some() && r.tag().is_none() {
-            refs.retain(|x| x.contains('@'));
-        }
+        refs.push(pinned.to_string());
         let fetched = Fetched {
             config_digest,
             config,
