@@ -230,6 +230,7 @@ impl Backend for ContainerBackend {
             }
         }
         cgroup::remove(&target.id);
+        console::sweep_stale();
         overlay::unmount(&rootfs_dir(&target.dir))?;
         for d in [runtime_dir(&target.dir), target.dir.join("bundle")] {
             if d.exists() {
