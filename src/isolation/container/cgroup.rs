@@ -17,17 +17,16 @@ fn is_v2() -> bool {
     matches!(get_cgroup_setup(), Ok(CgroupSetup::Unified))
 }
 
-/// Whether memory+swap can be limited (cgroup v1 with swap accounting, or v2 with swap files).
+/// Whether memory+swap can be limited (cgroup v1 with swap accounting, or v2 with swap
+/// files, which the root cgroup itself never has: look at its children).
 pub fn has_swap_accounting() -> bool {
     if is_v2() {
-        Path::new(ROOT).join("cgroup.controllers").exists()
-            && std::fs::read_to_string(Path::new(ROOT).join("cgroup.subtree_control"))
-                .map(|s| s.contains("memory"))
-                .unwrap_or(false)
-            && Path::new(ROOT)
-                .join("vessel")
-                .join("memory.swap.max")
-                .exists()
+        std::fs::read_dir(ROOT)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.path().join("memory.swap.max").exists())
+            })
+            .unwrap_or(false)
     } else {
         Path::new(ROOT)
             .join("memory/memory.memsw.limit_in_bytes")
