@@ -231,6 +231,17 @@ pub trait Process: Send + Sync {
 }
 
 /// An isolation mode.
+///
+/// The contract the lifecycle relies on:
+/// - `start` returns once the main process runs (or has failed to); the calling vessel
+///   process is the container's supervisor until `Process::wait` returns, and it records
+///   `Process::pid` for other vessel processes.
+/// - `signal` and `exec` are called from *other* vessel processes (`kill`, `stop`, `rm -f`,
+///   `exec`), knowing only the [`Target`] (ID, directory, recorded PID).
+/// - `cleanup` is called by the supervisor after `wait`, by `rm`, and by crash recovery
+///   from any later vessel process when the supervisor died (possibly mid-`start`): it must
+///   kill what is left, release everything outside the container's directory, tolerate
+///   partial state, and be idempotent. The lifecycle removes the directory itself.
 pub trait Backend {
     /// Creates the container and starts its main process.
     fn start(&self, spec: &LaunchSpec, stdio: Stdio) -> Result<Box<dyn Process>, IsolationError>;
