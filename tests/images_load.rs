@@ -43,6 +43,7 @@ fn load_oci_archive_and_resolve() {
         .workdir("/home/app")
         .user("app")
         .label("org.example.role", "test")
+        .expose("8080/tcp")
         .env("FOO=bar");
     let name = root.load(&img);
     let v = inspect(&root, &name);
@@ -52,6 +53,14 @@ fn load_oci_archive_and_resolve() {
     assert_eq!(v["Config"]["WorkingDir"], "/home/app");
     assert_eq!(v["Config"]["User"], "app");
     assert_eq!(v["Config"]["Labels"]["org.example.role"], "test");
+    assert_eq!(
+        v["Config"]["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}})
+    );
+    assert_eq!(v["Architecture"], "amd64");
+    assert_eq!(v["Os"], "linux");
+    assert_eq!(v["Created"], "2024-01-01T00:00:00+00:00");
+    assert!(v["Size"].as_u64().unwrap() > 1_000_000);
     assert!(v["Config"]["Env"]
         .as_array()
         .unwrap()

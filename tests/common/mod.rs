@@ -388,6 +388,11 @@ impl TestImage {
         self.labels.insert(k.into(), v.into());
         self
     }
+    /// Adds an `ExposedPorts` entry, e.g. `80/tcp`.
+    pub fn expose(mut self, port: &str) -> Self {
+        self.exposed_ports.push(port.into());
+        self
+    }
     /// Sets the platform, e.g. `("arm64", Some("v8"))`.
     pub fn platform(mut self, arch: &str, variant: Option<&str>) -> Self {
         self.architecture = arch.into();
