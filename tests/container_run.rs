@@ -793,8 +793,8 @@ fn terminal_size_resizes_and_ctrl_c_through_the_pty() {
             &img,
             "sh",
             "-c",
-            "stty size; trap 'echo got-int; stty size; exit 4' INT; echo waiting; \
-                while true; do sleep 0.1; done",
+            "stty size; trap 'echo got-int; exit 4' INT; trap 'echo resized; stty size' WINCH; \
+                echo waiting; while true; do sleep 0.1; done",
         ])
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
@@ -831,7 +831,11 @@ fn terminal_size_resizes_and_ctrl_c_through_the_pty() {
     unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws2) };
     // SAFETY: sending a signal has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGWINCH) };
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The container's terminal changes size, so its shell gets SIGWINCH and reports.
+    assert!(
+        read_until(&mut master, &mut seen, &mut buf, "20 70"),
+        "resize not passed: {seen:?}"
+    );
     // Ctrl-C typed on the terminal reaches the container's process through its terminal.
     use std::io::Write;
     master.write_all(b"\x03").unwrap();
@@ -840,9 +844,7 @@ fn terminal_size_resizes_and_ctrl_c_through_the_pty() {
         "{seen:?}"
     );
     let status = child.wait().unwrap();
-    let _ = read_until(&mut master, &mut seen, &mut buf, "20 70");
     assert_eq!(status.code(), Some(4), "{seen:?}");
-    assert!(seen.contains("20 70"), "resize not passed: {seen:?}");
 }
 
 #[test]

@@ -195,6 +195,10 @@ fn connect(
     interactive: bool,
     wiring_log: Option<(LogWriter, Vec<(File, Stream)>)>,
 ) -> Result<(Vec<JoinHandle<()>>, Option<RawMode>), SuperviseError> {
+    // Handlers first: once output is relayed, whoever sees it may signal vessel
+    // (a resize, Ctrl-C) and must not hit the default action.
+    let mut signals =
+        Signals::install().map_err(|e| SuperviseError::Io("installing signal handlers", e))?;
     let mut outputs = Vec::new();
     let mut raw = None;
     if let Some(pty) = process.take_pty() {
@@ -235,8 +239,6 @@ fn connect(
         }
     }
 
-    let mut signals =
-        Signals::install().map_err(|e| SuperviseError::Io("installing signal handlers", e))?;
     let target = Arc::clone(process);
     std::thread::spawn(move || {
         while let Some(sig) = signals.next() {
