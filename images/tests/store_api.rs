@@ -144,3 +144,57 @@ fn image_disk_is_built_once() {
     assert_eq!(gc.disks, 1);
     assert!(!disk.exists());
 }
+
+#[test]
+fn docker_archive_with_a_symlinked_layer() {
+    // Old `docker save` writes a layer shared by two images once and links the
+    // second image's layer.tar to it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut layer = tar::Builder::new(Vec::new());
+    append(&mut layer, "shared", b"shared\n", 0o644);
+    let layer = layer.into_inner().unwrap();
+    let diff = sha(&layer);
+    let mut b = tar::Builder::new(Vec::new());
+    append(&mut b, "one/layer.tar", &layer, 0o644);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    b.append_link(&mut h, "two/layer.tar", "../one/layer.tar")
+        .unwrap();
+    let mut entries = Vec::new();
+    for (i, dir_name) in ["one", "two"].iter().enumerate() {
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Labels": {"n": i.to_string()}},
+            "rootfs": {"type": "layers", "diff_ids": [diff]},
+        }))
+        .unwrap();
+        let name = format!("{}.json", &sha(&config)[7..]);
+        append(&mut b, &name, &config, 0o644);
+        entries.push(serde_json::json!({
+            "Config": name,
+            "RepoTags": [format!("example/sym:{i}")],
+            "Layers": [format!("{dir_name}/layer.tar")],
+        }));
+    }
+    append(
+        &mut b,
+        "manifest.json",
+        &serde_json::to_vec(&entries).unwrap(),
+        0o644,
+    );
+    let path = dir.path().join("sym.tar");
+    std::fs::write(&path, b.into_inner().unwrap()).unwrap();
+    let store = Store::open(&dir.path().join("root")).unwrap();
+    let images = store.load(&path).unwrap();
+    assert_eq!(images.len(), 2);
+    for i in 0..2 {
+        let img = store.image(&format!("example/sym:{i}")).unwrap();
+        assert_eq!(
+            std::fs::read(img.rootfs.join("shared")).unwrap(),
+            b"shared\n"
+        );
+        assert_eq!(img.layers[0].diff_id, diff);
+    }
+}
