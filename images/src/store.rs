@@ -10,6 +10,7 @@
 //! ```
 
 use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -78,6 +79,13 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         for sub in ["blobs/sha256", "rootfs", "disks", "tmp"] {
             mkdir(&root.join(sub))?;
+        }
+        // Unpacked trees and disks keep images' setuid binaries and device nodes: only
+        // the store's owner may reach them, as docker does for /var/lib/docker.
+        for sub in ["rootfs", "disks", "tmp"] {
+            let p = root.join(sub);
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+                .map_err(|e| StoreError::io("chmod", &p, e))?;
         }
         let conn = metadata::open(&root.join("vessel.db"))?;
         let store = Store {

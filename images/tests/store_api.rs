@@ -198,3 +198,22 @@ fn docker_archive_with_a_symlinked_layer() {
         assert_eq!(img.layers[0].diff_id, diff);
     }
 }
+
+#[test]
+fn unpacked_trees_and_disks_are_private_to_the_store_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["rootfs", "disks", "tmp"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        std::fs::set_permissions(dir.path().join(sub), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+    }
+    let _store = vessel_images::Store::open(dir.path()).unwrap();
+    for sub in ["rootfs", "disks", "tmp"] {
+        let mode = std::fs::metadata(dir.path().join(sub))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{sub} is {mode:o}");
+    }
+}
