@@ -735,7 +735,7 @@ fn ctrl_c_and_signals_reach_the_process() {
     let root = TestRoot::new();
     let img = busybox(&root, "sigint");
     // Without a terminal, vessel forwards the SIGINT it receives.
-    let child = ctr::run_cmd(
+    let mut child = ctr::run_cmd(
         &root,
         &[
             "--rm",
@@ -751,14 +751,20 @@ fn ctrl_c_and_signals_reach_the_process() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    assert!(ctr::wait_for(20, || ctr::ps_entry(&root, "int")
-        .is_some_and(|v| v["State"] == "running")));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    ctr::watchdog(&root, child.id(), 60);
+    // "ready" comes after the trap is set.
+    use std::io::BufRead;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
     // SAFETY: sending a signal has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(9), "stderr: {}", stderr(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\ngot-int\n");
+    assert_eq!(rest, "got-int\n");
 }
 
 #[test]
@@ -801,6 +807,7 @@ fn terminal_size_resizes_and_ctrl_c_through_the_pty() {
         .stderr(slave)
         .spawn()
         .unwrap();
+    ctr::watchdog(&root, child.id(), 60);
     let mut master = std::fs::File::from(pty.master);
     let mut seen = String::new();
     let mut buf = [0u8; 4096];

@@ -19,10 +19,15 @@ pub const FORWARDED: &[i32] = &[
 ];
 
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+static OWNER_PID: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(sig: libc::c_int) {
     let fd = PIPE_WRITE.load(Ordering::Relaxed);
-    if fd >= 0 {
+    // The runtime's cloned processes inherit this handler until they exec; only the
+    // process that installed it may write, or a reused descriptor number could be hit.
+    // SAFETY: getpid is async-signal-safe and has no preconditions.
+    let me = unsafe { libc::getpid() };
+    if fd >= 0 && me == OWNER_PID.load(Ordering::Relaxed) {
         let b = sig as u8;
         // SAFETY: write is async-signal-safe; the buffer is a valid local byte.
         unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
@@ -38,6 +43,7 @@ impl Signals {
     /// Installs the handlers for [`FORWARDED`].
     pub fn install() -> std::io::Result<Signals> {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        OWNER_PID.store(std::process::id() as i32, Ordering::Relaxed);
         PIPE_WRITE.store(w.into_raw_fd(), Ordering::Relaxed);
         for &sig in FORWARDED {
             // SAFETY: the sigaction struct is fully initialised; the handler only calls

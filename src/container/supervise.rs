@@ -194,11 +194,8 @@ fn connect(
     attach: &Attach,
     interactive: bool,
     wiring_log: Option<(LogWriter, Vec<(File, Stream)>)>,
+    mut signals: Signals,
 ) -> Result<(Vec<JoinHandle<()>>, Option<RawMode>), SuperviseError> {
-    // Handlers first: once output is relayed, whoever sees it may signal vessel
-    // (a resize, Ctrl-C) and must not hit the default action.
-    let mut signals =
-        Signals::install().map_err(|e| SuperviseError::Io("installing signal handlers", e))?;
     let mut outputs = Vec::new();
     let mut raw = None;
     if let Some(pty) = process.take_pty() {
@@ -254,6 +251,15 @@ fn connect(
     Ok((outputs, raw))
 }
 
+/// Installs the forwarding handlers before the process starts: a process without a
+/// terminal writes straight to vessel's stdout, so whoever reads that may signal vessel
+/// (Ctrl-C, a resize) as soon as output appears, and must not meet the default action
+/// that would kill vessel and orphan the container. Signals that arrive during the start
+/// wait in the pipe and are forwarded once the process runs.
+fn install_signals() -> Result<Signals, SuperviseError> {
+    Signals::install().map_err(|e| SuperviseError::Io("installing signal handlers", e))
+}
+
 /// Starts the container's main process, records it, waits for its end, records that, and
 /// releases what it held on the host. `started` learns whether the start worked (the
 /// detached parent waits for it). Returns the exit; the caller removes `--rm` containers.
@@ -272,6 +278,7 @@ pub fn run_main(
         }
     );
     let wiring = wire(attach, spec.process.terminal)?;
+    let signals = install_signals()?;
     let process: Arc<dyn Process> = match backend.start(spec, wiring.stdio) {
         Ok(p) => Arc::from(p),
         Err(e) => {
@@ -281,7 +288,7 @@ pub fn run_main(
     };
     records.set_running(&spec.id, process.pid())?;
     started(Ok(()));
-    let (outputs, raw) = connect(&process, attach, interactive, wiring.log)?;
+    let (outputs, raw) = connect(&process, attach, interactive, wiring.log, signals)?;
     let exit = process.wait();
     for t in outputs {
         let _ = t.join();
@@ -314,8 +321,9 @@ pub fn run_exec(
         log: None,
     };
     let wiring = wire(&attach, process_spec.terminal)?;
+    let signals = install_signals()?;
     let process: Arc<dyn Process> = Arc::from(backend.exec(target, process_spec, wiring.stdio)?);
-    let (outputs, raw) = connect(&process, &attach, interactive, None)?;
+    let (outputs, raw) = connect(&process, &attach, interactive, None, signals)?;
     let exit = process.wait();
     for t in outputs {
         let _ = t.join();

@@ -142,3 +142,32 @@ pub fn image_rootfs(root: &TestRoot) -> PathBuf {
         .find(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .expect("an unpacked image")
 }
+
+/// Makes a test that waits on a vessel process fail instead of hanging: after `secs`, kills
+/// vessel (pid) and runs `vessel ps` on the root, whose crash recovery kills the container
+/// and so closes the streams the test is reading.
+pub fn watchdog(root: &TestRoot, pid: u32, secs: u64) {
+    let root = root.path().to_path_buf();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs));
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false);
+        if alive {
+            eprintln!("watchdog: vessel {pid} still running after {secs} s; killing it");
+            // SAFETY: sending a signal has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let _ = Command::new(crate::common::vessel_bin())
+                .arg("--root")
+                .arg(&root)
+                .args(["ps", "-a"])
+                .output();
+        }
+    });
+}
