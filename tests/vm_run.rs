@@ -92,12 +92,16 @@ fn output_status_and_own_kernel(vmm: &str) {
     );
 }
 
-/// A process killed by a signal reports 128 + the signal.
+/// A process killed by a signal reports 128 + the signal; --read-only and --hostname apply.
 fn killed_by_signal(vmm: &str) {
     let Some(env) = setup(vmm) else { return };
     let out = env.run(
-        &["--rm"],
-        &["sh", "-c", "echo before; kill -9 $$; echo after"],
+        &["--rm", "--read-only", "--hostname", "vm-box"],
+        &[
+            "sh",
+            "-c",
+            "hostname; touch /x 2>/dev/null || echo read-only; kill -9 $$; echo after",
+        ],
     );
     let (stdout, stderr) = text(&out);
     assert_eq!(
@@ -105,7 +109,7 @@ fn killed_by_signal(vmm: &str) {
         Some(137),
         "stdout: {stdout}\nstderr: {stderr}"
     );
-    assert_eq!(stdout, "before\n");
+    assert_eq!(stdout, "vm-box\nread-only\n");
 }
 
 /// stdin piped in; -e, -w, -u and --entrypoint override the image's config.
@@ -266,6 +270,14 @@ fn detached_lifecycle(vmm: &str) {
         "exec streams: {eout} / {eerr}"
     );
     assert_ne!(eout.lines().nth(1).unwrap_or_default(), host_release());
+    // exec -t: the process gets a terminal in the guest; its output comes back through it.
+    let ex = env
+        .cmd(&["exec", "-t", "bg", "sh", "-c", "tty; exit 5"])
+        .output()
+        .unwrap();
+    let (tout, terr) = text(&ex);
+    assert_eq!(ex.status.code(), Some(5), "exec -t: {tout} {terr}");
+    assert!(tout.starts_with("/dev/pts/"), "exec -t stdout: {tout:?}");
 
     let stop = env.cmd(&["stop", "bg"]).output().unwrap();
     assert!(stop.status.success(), "stop: {:?}", text(&stop));

@@ -310,8 +310,10 @@ impl Backend for VmBackend {
             });
         }
         {
-            let mux = mux.clone();
-            std::thread::spawn(move || stream::pump_stdin(stdin, 0, |m| mux.send(&m)));
+            let (mux, end) = (mux.clone(), end.clone());
+            std::thread::spawn(move || {
+                stream::pump_stdin(stdin, 0, |m| mux.send(&m), || end.is_done())
+            });
         }
         mux.serve_control(&spec.dir)
             .map_err(|e| IsolationError::io("serving the VM control socket", e))?;

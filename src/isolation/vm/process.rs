@@ -176,15 +176,23 @@ impl ExecProcess {
         end.wait_started(Duration::from_secs(30))
             .map_err(|e| IsolationError::runtime("exec", e))?;
         let stdin_conn = conn.try_clone().map_err(io)?;
-        std::thread::spawn(move || {
-            let w = Mutex::new(FrameWriter::new(stdin_conn));
-            super::stream::pump_stdin(stdin, 0, |m| {
-                w.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .write(&m)
-                    .is_ok()
+        {
+            let end = end.clone();
+            std::thread::spawn(move || {
+                let w = Mutex::new(FrameWriter::new(stdin_conn));
+                super::stream::pump_stdin(
+                    stdin,
+                    0,
+                    |m| {
+                        w.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .write(&m)
+                            .is_ok()
+                    },
+                    || end.is_done(),
+                );
             });
-        });
+        }
         Ok(ExecProcess {
             writer: Mutex::new(writer),
             end,

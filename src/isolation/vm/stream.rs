@@ -146,10 +146,34 @@ fn write(sink: &Mutex<Option<File>>, data: &[u8]) {
     }
 }
 
-/// Copies `src` into stdin frames for `stream` until end of input or until `send` fails.
-pub fn pump_stdin(mut src: File, stream: StreamId, send: impl Fn(Message) -> bool) {
+/// Copies `src` into stdin frames for `stream` until end of input, until `send` fails, or
+/// until `done()` (the process ended): the source is then closed even though nobody wrote
+/// to it, because a host terminal's slave held open here would keep its master from ever
+/// reaching end of file.
+pub fn pump_stdin(
+    mut src: File,
+    stream: StreamId,
+    send: impl Fn(Message) -> bool,
+    done: impl Fn() -> bool,
+) {
+    use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; 32 * 1024];
     loop {
+        let mut pfd = libc::pollfd {
+            fd: src.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if done() {
+            return;
+        }
+        if n == 0
+            || (n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
+        {
+            continue;
+        }
         match src.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {

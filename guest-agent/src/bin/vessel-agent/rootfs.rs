@@ -77,14 +77,9 @@ pub fn assemble(spec: &RootfsSpec) -> Result<PathBuf, String> {
         None,
     )
     .map_err(|e| e.to_string())?;
-    mount(
-        "devpts",
-        &root.join("dev/pts"),
-        "devpts",
-        libc::MS_NOSUID | libc::MS_NOEXEC,
-        Some("mode=0620,ptmxmode=0666"),
-    )
-    .map_err(|e| e.to_string())?;
+    // The agent's own devpts, not a new instance: the terminals it opens for `-t` must be
+    // the ones the container sees under /dev/pts (ttyname, tty(1)).
+    mount("/dev/pts", &root.join("dev/pts"), "", libc::MS_BIND, None).map_err(|e| e.to_string())?;
     mount("shm", &root.join("dev/shm"), "tmpfs", nosuid, None).map_err(|e| e.to_string())?;
     if !spec.hostname.is_empty() {
         // SAFETY: the pointer and length describe the hostname's bytes.
