@@ -209,7 +209,8 @@ fn writes_are_per_container(vmm: &str) {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&o.stdout), "from-writer\n");
     }
-    env.cmd(&["rm", "writer"]).status().unwrap();
+    let rm = env.cmd(&["rm", "writer"]).output().unwrap();
+    assert!(rm.status.success(), "rm: {:?}", text(&rm));
     assert!(
         env.container_dirs().is_empty(),
         "rm left {:?}",
