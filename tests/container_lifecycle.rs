@@ -150,12 +150,12 @@ fn stop_with_a_process_that_handles_sigterm_and_kill_signal() {
             &img,
             "sh",
             "-c",
-            "trap 'echo bye; exit 7' TERM; while true; do sleep 0.2; done",
+            "trap 'echo bye; exit 7' TERM; echo trapped; while true; do sleep 0.2; done",
         ],
     );
-    assert!(ctr::wait_for(10, || ctr::ps_entry(&root, "polite")
-        .is_some_and(|v| v["State"] == "running")));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(ctr::wait_for(20, || root
+        .ok(&["logs", "polite"])
+        .contains("trapped")));
     root.ok(&["stop", "-t", "10", "polite"]);
     let entry = ctr::ps_entry(&root, "polite").unwrap();
     assert_eq!(entry["ExitCode"], 7, "{entry}");
