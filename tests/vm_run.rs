@@ -338,6 +338,88 @@ fn broken_kernel_cmdline_fails_fast(vmm: &str) {
     );
 }
 
+/// A VMM that dies under a running process, and a boot that misses its deadline, are each
+/// reported in bounded time with the VM's logs, and leave nothing behind.
+fn vmm_crash_and_boot_timeout_are_reported(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let child = env
+        .run_cmd(&["--rm"], &["sh", "-c", "echo up; sleep 60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the VM to be up (its pid file exists and the process printed).
+    let mut pid = None;
+    wait_for("the VMM's pid file", Duration::from_secs(90), || {
+        pid = env
+            .container_dirs()
+            .first()
+            .and_then(|d| std::fs::read_to_string(d.join("vmm.pid")).ok())
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        pid.is_some()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    // SAFETY: kill takes plain integers; the pid is this test's VMM.
+    unsafe { libc::kill(pid.unwrap(), libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("the VM closed the agent channel"),
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("signal: 9"), "stderr: {stderr}");
+    assert!(
+        env.container_dirs().is_empty(),
+        "left {:?}",
+        env.container_dirs()
+    );
+    assert!(
+        env.leftover_processes().is_empty(),
+        "left behind: {:?}",
+        env.leftover_processes()
+    );
+
+    let t = Instant::now();
+    let out = env
+        .run_cmd(&["--rm"], &["true"])
+        .env("VESSEL_BOOT_TIMEOUT", "0.3")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains("within 300ms"), "stderr: {stderr}");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        env.container_dirs().is_empty(),
+        "left {:?}",
+        env.container_dirs()
+    );
+    assert!(
+        env.leftover_processes().is_empty(),
+        "left behind: {:?}",
+        env.leftover_processes()
+    );
+}
+
 macro_rules! on_both_backends {
     ($($body:ident),* $(,)?) => {
         mod qemu {
@@ -356,4 +438,5 @@ on_both_backends!(
     writes_are_per_container,
     detached_lifecycle,
     broken_kernel_cmdline_fails_fast,
+    vmm_crash_and_boot_timeout_are_reported,
 );
