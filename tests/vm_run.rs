@@ -28,7 +28,7 @@ fn output_status_and_own_kernel(vmm: &str) {
         &[
             "sh",
             "-c",
-            "echo to-stdout; echo to-stderr >&2; uname -r; echo procs=$(ls /proc | grep -c '^[0-9]'); cat /proc/1/comm; exit 3",
+            "echo to-stdout; echo to-stderr >&2; uname -r; echo procs=$(ls /proc | grep -c '^[0-9]'); cat /proc/1/comm; (sleep 0.2 &); sleep 1; echo zombies=$(ps -o stat | grep -c '^Z'); exit 3",
         ],
     );
     let (stdout, stderr) = text(&out);
@@ -79,6 +79,11 @@ fn output_status_and_own_kernel(vmm: &str) {
     assert!(
         stdout.contains("vessel-agent\n") || stdout.contains("init\n"),
         "PID 1 in the guest: {stdout}"
+    );
+    // The orphaned `sleep` was reparented to the agent (PID 1), which reaped it.
+    assert!(
+        stdout.contains("zombies=0\n"),
+        "zombies in the guest: {stdout}"
     );
     assert!(
         env.container_dirs().is_empty(),
