@@ -177,10 +177,14 @@ fn writes_are_per_container(vmm: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // A second VM of the same image at the same time.
+    // A second VM of the same image at the same time, sized with --cpus and --memory.
     let reader = env.run(
-        &["--rm"],
-        &["sh", "-c", "sleep 1; cat /marker || echo no-marker"],
+        &["--rm", "--cpus", "2", "--memory", "200m"],
+        &[
+            "sh",
+            "-c",
+            "sleep 1; cat /marker || echo no-marker; echo cpus=$(nproc); grep MemTotal /proc/meminfo",
+        ],
     );
     let writer = writer.wait_with_output().unwrap();
     let (wout, werr) = text(&writer);
@@ -190,6 +194,16 @@ fn writes_are_per_container(vmm: &str) {
     assert!(
         rout.contains("no-marker"),
         "the second VM saw the first one's write: {rout} {rerr}"
+    );
+    assert!(rout.contains("cpus=2\n"), "--cpus 2: {rout}");
+    let mem_kib: u64 = rout
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("MemTotal");
+    assert!(
+        (150_000..=204_800).contains(&mem_kib),
+        "--memory 200m: MemTotal {mem_kib} kB"
     );
 
     // The image's rootfs is untouched.
