@@ -290,6 +290,25 @@ fn detached_lifecycle(vmm: &str) {
         "exec streams: {eout} / {eerr}"
     );
     assert_ne!(eout.lines().nth(1).unwrap_or_default(), host_release());
+    // docker's codes when the command cannot be run.
+    let ex = env
+        .cmd(&["exec", "bg", "no-such-command"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ex.status.code(),
+        Some(127),
+        "exec of a missing command: {:?}",
+        text(&ex)
+    );
+    assert!(text(&ex).1.contains("no-such-command"), "{:?}", text(&ex));
+    let ex = env.cmd(&["exec", "bg", "/etc/passwd"]).output().unwrap();
+    assert_eq!(
+        ex.status.code(),
+        Some(126),
+        "exec of a non-executable: {:?}",
+        text(&ex)
+    );
     // exec -t: the process gets a terminal in the guest; its output comes back through it.
     let ex = env
         .cmd(&["exec", "-t", "bg", "sh", "-c", "tty; exit 5"])

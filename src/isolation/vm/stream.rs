@@ -190,3 +190,84 @@ pub fn pump_stdin(
     }
     send(Message::StdinClose { stream });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom};
+
+    fn end() -> (StreamEnd, File, File) {
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
+        let e = StreamEnd::new(out.try_clone().unwrap(), err.try_clone().unwrap());
+        (e, out, err)
+    }
+
+    fn contents(mut f: File) -> String {
+        let mut s = String::new();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn output_goes_to_its_own_file_and_exit_ends_the_stream() {
+        let (e, out, err) = end();
+        assert!(!e.handle(Message::Started { stream: 0, pid: 7 }));
+        e.wait_started(Duration::from_millis(1)).unwrap();
+        e.handle(Message::Stdout {
+            stream: 0,
+            data: b"out".to_vec(),
+        });
+        e.handle(Message::Stderr {
+            stream: 0,
+            data: b"err".to_vec(),
+        });
+        assert!(e.handle(Message::Exit {
+            stream: 0,
+            status: ExitStatus::Signal(9)
+        }));
+        // Frames after the end change nothing.
+        e.handle(Message::Stdout {
+            stream: 0,
+            data: b"late".to_vec(),
+        });
+        e.handle(Message::Exit {
+            stream: 0,
+            status: ExitStatus::Code(0),
+        });
+        assert_eq!(e.wait(), Ok(ExitStatus::Signal(9)));
+        assert_eq!(contents(out), "out");
+        assert_eq!(contents(err), "err");
+    }
+
+    #[test]
+    fn spawn_errors_map_to_docker_codes() {
+        let (e, _, err) = end();
+        e.handle(Message::SpawnError {
+            stream: 0,
+            kind: SpawnErrorKind::NotFound,
+            message: "exec nope: No such file".into(),
+        });
+        assert_eq!(e.wait(), Ok(ExitStatus::Code(127)));
+        assert!(contents(err).contains("exec nope"));
+        let (e, _, _) = end();
+        e.handle(Message::SpawnError {
+            stream: 0,
+            kind: SpawnErrorKind::Other,
+            message: "mount failed".into(),
+        });
+        assert_eq!(
+            e.wait_started(Duration::from_millis(1)),
+            Err("mount failed".into())
+        );
+    }
+
+    #[test]
+    fn a_silent_agent_times_out() {
+        let (e, _, _) = end();
+        assert!(e.wait_started(Duration::from_millis(20)).is_err());
+        e.fail("channel closed".into());
+        assert_eq!(e.wait(), Err("channel closed".into()));
+    }
+}

@@ -29,6 +29,13 @@ fn main() {
         eprintln!("vessel-agent is the init of a vessel microVM; it only runs as PID 1");
         std::process::exit(2);
     }
+    // PID 1 must never exit (the kernel would panic with a less useful message) and a
+    // half-working agent helps nobody: any panic, in any thread, is logged to the console
+    // (which the host shows) and ends the VM.
+    std::panic::set_hook(Box::new(|info| {
+        log!("internal error: {info}");
+        power::off();
+    }));
     if let Err(err) = run() {
         log!("fatal: {err:#}");
     }

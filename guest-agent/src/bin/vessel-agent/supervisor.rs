@@ -257,20 +257,31 @@ fn pump_stdin(mut dst: File, rx: Receiver<Option<Vec<u8>>>) {
 
 fn reap(state: Arc<Mutex<State>>, w: Writer) {
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes the status into a valid int.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid < 0 {
+        // Peek first (WNOWAIT), reap later: a child whose exec failed is reaped by
+        // `Command::spawn` itself, which panics if someone else got there first. Taking the
+        // state lock (held across every spawn) before reaping lets an in-flight spawn finish.
+        // SAFETY: siginfo_t is plain data that waitid fills.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid siginfo_t pointer; P_ALL ignores the id.
+        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc < 0 {
             // ECHILD: nothing to wait for yet.
             std::thread::sleep(Duration::from_millis(20));
             continue;
+        }
+        // SAFETY: waitid succeeded with WEXITED, so si_pid is set.
+        let pid = unsafe { info.si_pid() };
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid int.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+            continue; // spawn reaped its own failed child meanwhile
         }
         let status = if libc::WIFSIGNALED(status) {
             ExitStatus::Signal(libc::WTERMSIG(status))
         } else {
             ExitStatus::Code(libc::WEXITSTATUS(status))
         };
-        let mut st = state.lock().unwrap();
         let Some(stream) = st.by_pid.remove(&(pid as u32)) else {
             continue; // an orphan reparented to us
         };
