@@ -458,6 +458,29 @@ fn vmm_crash_and_boot_timeout_are_reported(vmm: &str) {
     );
 }
 
+/// docker's code when the container's command does not exist, with the reason on stderr.
+fn missing_command_is_127(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let out = env.run(&["--rm"], &["no-such-command", "arg"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stderr.contains("no-such-command"), "stderr: {stderr}");
+    assert!(
+        env.container_dirs().is_empty(),
+        "left {:?}",
+        env.container_dirs()
+    );
+    assert!(
+        env.leftover_processes().is_empty(),
+        "left behind: {:?}",
+        env.leftover_processes()
+    );
+}
+
 macro_rules! on_both_backends {
     ($($body:ident),* $(,)?) => {
         mod qemu {
@@ -472,6 +495,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     output_status_and_own_kernel,
     killed_by_signal,
+    missing_command_is_127,
     stdin_and_overrides,
     writes_are_per_container,
     detached_lifecycle,
