@@ -76,7 +76,7 @@ pub fn setup(vmm: &str) -> Option<VmEnv> {
         }
     };
     let root = TestRoot::new();
-    let env = VmEnv {
+    let mut env = VmEnv {
         root,
         image: String::new(),
         vmm: vmm.to_string(),
@@ -98,8 +98,8 @@ pub fn setup(vmm: &str) -> Option<VmEnv> {
         return None;
     }
     let image = TestImage::new("vessel-test/vm:latest");
-    let name = env.root.load(&image);
-    Some(VmEnv { image: name, ..env })
+    env.image = env.root.load(&image);
+    Some(env)
 }
 
 impl VmEnv {
@@ -156,6 +156,23 @@ impl VmEnv {
                 c.contains(&needle).then_some(c)
             })
             .collect()
+    }
+}
+
+impl Drop for VmEnv {
+    /// A test that fails half-way must not leave a detached VM running: remove every
+    /// container of this root (stopping it first) before the root itself goes.
+    fn drop(&mut self) {
+        let Ok(out) = self.cmd(&["ps", "-aq"]).output() else {
+            return;
+        };
+        let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = self.cmd(&args).output();
+        }
     }
 }
 
