@@ -234,7 +234,7 @@ impl Backend for VmBackend {
                 initramfs.agent.display()
             );
         }
-        let image_disk = disk::image_disk(&root, &spec.image_id, &spec.image_rootfs)
+        let image_disk = disk::image_disk(&root, &spec.image_id)
             .map_err(|e| IsolationError::runtime("preparing the image disk", e))?;
         let container_disk = disk::create_container_disk(&spec.dir)
             .map_err(|e| IsolationError::runtime("creating the container disk", e))?;

@@ -13,16 +13,16 @@ pub fn container_disk_path(dir: &Path) -> PathBuf {
     dir.join("disk.ext4")
 }
 
-/// The image's ext4 disk under the state root, built from its rootfs if missing.
-pub fn image_disk(root: &Path, image_id: &str, rootfs: &Path) -> Result<PathBuf, String> {
+/// The image's ext4 disk under the state root, built once per image by the store (under
+/// its lock, so concurrent first runs of one image build it once and GC cannot remove
+/// the tree while mke2fs reads it).
+pub fn image_disk(root: &Path, image_id: &str) -> Result<PathBuf, String> {
     let store =
         vessel_images::Store::open(root).map_err(|e| format!("opening the image store: {e}"))?;
-    let path = store.disk_path(image_id);
-    if !path.is_file() {
-        vessel_images::disk::build_ext4(rootfs, &path)
-            .map_err(|e| format!("building the image disk {}: {e}", path.display()))?;
-    }
-    Ok(path)
+    let image = store
+        .image(image_id)
+        .map_err(|e| format!("image {image_id}: {e}"))?;
+    store.image_disk(&image).map_err(|e| e.to_string())
 }
 
 /// Creates an empty sparse ext4 for the container's writable layer.
