@@ -49,6 +49,12 @@ pub struct VmConfig {
     /// Stop the VM after this many milliseconds (exit reason `Timeout`).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Also describe the virtio-mmio devices on the kernel command line
+    /// (`virtio_mmio.device=SIZE@BASE:IRQ`), for kernels built with
+    /// `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES` that boot without ACPI. The ACPI DSDT
+    /// describes them either way; Debian's kernels only read that.
+    #[serde(default)]
+    pub virtio_mmio_cmdline: bool,
 }
 
 fn default_vcpus() -> u8 {
@@ -179,6 +185,7 @@ impl VmConfig {
             console: ConsoleConfig::None,
             serial: SerialOutput::None,
             timeout_ms: None,
+            virtio_mmio_cmdline: false,
         }
     }
 

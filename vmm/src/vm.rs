@@ -119,6 +119,7 @@ impl Vm {
 
         let devices = Devices::new(&vm, &mem, serial_out, virtio)?;
         // Raw images are not ACPI-aware; Linux needs the tables to find its devices.
+        let mut cmdline = std::borrow::Cow::Borrowed(config.cmdline.as_str());
         let rsdp = match config.kernel_format {
             KernelFormat::Linux => {
                 let mmio: Vec<MmioDeviceInfo> = devices
@@ -130,6 +131,9 @@ impl Vm {
                         irq: s.gsi,
                     })
                     .collect();
+                if config.virtio_mmio_cmdline {
+                    cmdline = kernel_cmdline(&config.cmdline, &mmio).into();
+                }
                 let rsdp = create_acpi_tables(&mem, config.vcpus, &mmio)
                     .map_err(|e| VmmError::Device("ACPI tables".into(), e.to_string()))?;
                 Some(rsdp.0)
@@ -142,7 +146,7 @@ impl Vm {
                 kernel: &config.kernel,
                 format: &config.kernel_format,
                 initrd: config.initrd.as_deref(),
-                cmdline: &config.cmdline,
+                cmdline: &cmdline,
                 memory_mib: config.memory_mib,
                 rsdp,
             },
@@ -225,6 +229,19 @@ impl Vm {
     }
 }
 
+/// `base` followed by one `virtio_mmio.device=` parameter per window: the command-line
+/// fallback for kernels that read devices from there instead of ACPI.
+fn kernel_cmdline(base: &str, mmio: &[MmioDeviceInfo]) -> String {
+    let mut line = base.trim_end().to_string();
+    for m in mmio {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&m.kernel_cmdline_arg());
+    }
+    line
+}
+
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
@@ -242,4 +259,43 @@ fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
             .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_fallback_names_every_window() {
+        let mmio = [
+            MmioDeviceInfo {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            },
+            MmioDeviceInfo {
+                base: 0xd000_1000,
+                size: 0x1000,
+                irq: 6,
+            },
+        ];
+        assert_eq!(
+            kernel_cmdline("console=ttyS0 ", &mmio),
+            "console=ttyS0 virtio_mmio.device=0x1000@0xd0000000:5 \
+             virtio_mmio.device=0x1000@0xd0001000:6"
+        );
+        assert_eq!(
+            kernel_cmdline("", &mmio[..1]),
+            "virtio_mmio.device=0x1000@0xd0000000:5"
+        );
+        assert_eq!(kernel_cmdline("quiet", &[]), "quiet");
+    }
+
+    #[test]
+    fn cmdline_fallback_is_off_unless_asked() {
+        let cfg = VmConfig::from_json(r#"{"kernel": "/k"}"#).unwrap();
+        assert!(!cfg.virtio_mmio_cmdline);
+        let cfg = VmConfig::from_json(r#"{"kernel": "/k", "virtio_mmio_cmdline": true}"#).unwrap();
+        assert!(cfg.virtio_mmio_cmdline);
+    }
 }

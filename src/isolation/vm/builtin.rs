@@ -52,6 +52,7 @@ pub fn command(spec: &MachineSpec, config_path: &Path) -> Result<Command, String
             path: spec.console_log.clone(),
         },
         timeout_ms: None,
+        virtio_mmio_cmdline: false,
     };
     let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
     std::fs::write(config_path, json)
