@@ -380,15 +380,36 @@ fn broken_kernel_cmdline_fails_fast(vmm: &str) {
 /// reported in bounded time with the VM's logs, and leave nothing behind.
 fn vmm_crash_and_boot_timeout_are_reported(vmm: &str) {
     let Some(env) = setup(vmm) else { return };
-    let child = env
+    let mut child = env
         .run_cmd(&["--rm"], &["sh", "-c", "echo up; sleep 60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the VM to be up (its pid file exists and the process printed).
+    // Wait for the VM to be up: its process printed (so the agent runs; a fixed sleep
+    // is too short on a loaded machine) and its pid file exists.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut child_stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            match std::io::Read::read(&mut child_stdout, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buf[..n]);
+                    if all.windows(3).any(|w| w == b"up\n") {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("the container printed `up`");
     let mut pid = None;
-    wait_for("the VMM's pid file", Duration::from_secs(90), || {
+    wait_for("the VMM's pid file", Duration::from_secs(30), || {
         pid = env
             .container_dirs()
             .first()
@@ -396,12 +417,12 @@ fn vmm_crash_and_boot_timeout_are_reported(vmm: &str) {
             .and_then(|p| p.trim().parse::<i32>().ok());
         pid.is_some()
     });
-    std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
     // SAFETY: kill takes plain integers; the pid is this test's VMM.
     unsafe { libc::kill(pid.unwrap(), libc::SIGKILL) };
     let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = text(&out);
+    let stdout = reader.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         t.elapsed() < Duration::from_secs(20),
         "took {:?}",

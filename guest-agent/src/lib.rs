@@ -5,6 +5,7 @@
 //! is one length-prefixed frame; see [`frame`] for the wire layout and its bounds, and
 //! [`message`] for what each frame means.
 
+pub mod disk;
 pub mod frame;
 pub mod message;
 

@@ -106,6 +106,10 @@ pub struct DiskConfig {
     /// Whether the guest may only read it (writes fail with an I/O error status).
     #[serde(default)]
     pub read_only: bool,
+    /// The serial the guest reads with VIRTIO_BLK_T_GET_ID (at most 20 bytes; longer is
+    /// cut). Default: `vessel-disk<N>`.
+    #[serde(default)]
+    pub id: Option<String>,
 }
 
 /// The host side of the virtio-console channel.
@@ -243,6 +247,7 @@ mod tests {
         full.disks.push(DiskConfig {
             path: "/d.ext4".into(),
             read_only: true,
+            id: Some("vessel-image".into()),
         });
         full.console = ConsoleConfig::Socket {
             path: "/run/c.sock".into(),

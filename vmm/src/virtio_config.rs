@@ -104,10 +104,10 @@ fn console_backend(
 pub fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
-        let block =
-            Block::open(&disk.path, disk.read_only, &format!("vessel-disk{i}")).map_err(|e| {
-                VmmError::Device(format!("virtio-blk {}", disk.path.display()), e.to_string())
-            })?;
+        let id = disk.id.clone().unwrap_or_else(|| format!("vessel-disk{i}"));
+        let block = Block::open(&disk.path, disk.read_only, &id).map_err(|e| {
+            VmmError::Device(format!("virtio-blk {}", disk.path.display()), e.to_string())
+        })?;
         devices.push(Box::new(block));
     }
     if let Some(backend) = console_backend(&config.console, config.timeout())? {

@@ -527,6 +527,7 @@ fn guest_reads_a_sector_from_virtio_blk() {
     config.disks.push(DiskConfig {
         path: disk.path().to_owned(),
         read_only: true,
+        id: None,
     });
     let serial = SharedBuf::default();
     let reason = Vm::with_serial(&config, Box::new(serial.clone()))

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
 use vessel_vmm::config::{ConsoleConfig, DiskConfig, SerialOutput, VmConfig};
 
@@ -27,7 +28,19 @@ pub fn binary() -> Result<PathBuf, String> {
 
 /// Writes the VM's config next to its other files and returns the `vessel-vmm` command.
 pub fn command(spec: &MachineSpec, config_path: &Path) -> Result<Command, String> {
-    let config = VmConfig {
+    let config = vm_config(spec);
+    let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
+    std::fs::write(config_path, json)
+        .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
+    let mut c = Command::new(binary()?);
+    c.arg("--config").arg(config_path);
+    Ok(c)
+}
+
+/// The built-in VMM's configuration for one VM: the disks carry the serials the agent
+/// looks for, as QEMU's do.
+fn vm_config(spec: &MachineSpec) -> VmConfig {
+    VmConfig {
         kernel: spec.kernel.clone(),
         kernel_format: Default::default(),
         initrd: Some(spec.initrd.clone()),
@@ -38,10 +51,12 @@ pub fn command(spec: &MachineSpec, config_path: &Path) -> Result<Command, String
             DiskConfig {
                 path: spec.image_disk.clone(),
                 read_only: true,
+                id: Some(IMAGE_SERIAL.into()),
             },
             DiskConfig {
                 path: spec.container_disk.clone(),
                 read_only: false,
+                id: Some(CONTAINER_SERIAL.into()),
             },
         ],
         console: ConsoleConfig::Socket {
@@ -53,11 +68,32 @@ pub fn command(spec: &MachineSpec, config_path: &Path) -> Result<Command, String
         },
         timeout_ms: None,
         virtio_mmio_cmdline: false,
-    };
-    let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
-    std::fs::write(config_path, json)
-        .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
-    let mut c = Command::new(binary()?);
-    c.arg("--config").arg(config_path);
-    Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_carry_the_serials_the_agent_looks_for() {
+        let spec = MachineSpec {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "console=ttyS0".into(),
+            cpus: 1,
+            memory_mib: 256,
+            image_disk: "/image.ext4".into(),
+            container_disk: "/container.ext4".into(),
+            channel: "/c.sock".into(),
+            console_log: "/log".into(),
+        };
+        let c = vm_config(&spec);
+        let json = serde_json::to_string(&c).unwrap();
+        let back = VmConfig::from_json(&json).unwrap();
+        assert_eq!(back.disks[0].id.as_deref(), Some(IMAGE_SERIAL));
+        assert!(back.disks[0].read_only);
+        assert_eq!(back.disks[1].id.as_deref(), Some(CONTAINER_SERIAL));
+        assert!(!back.disks[1].read_only);
+    }
 }

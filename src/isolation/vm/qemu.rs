@@ -2,6 +2,7 @@
 //! guest through ACPI, KVM acceleration where it boots Linux, TCG emulation elsewhere.
 
 use std::process::Command;
+use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
 use super::machine_spec::MachineSpec;
 
@@ -34,19 +35,19 @@ pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
             "id=image,file={},format=raw,if=none,readonly=on",
             qemu_escape(&spec.image_disk.to_string_lossy())
         ))
-        .args([
-            "-device",
-            "virtio-blk-device,drive=image,serial=vessel-image",
-        ])
+        .arg("-device")
+        .arg(format!(
+            "virtio-blk-device,drive=image,serial={IMAGE_SERIAL}"
+        ))
         .arg("-drive")
         .arg(format!(
             "id=container,file={},format=raw,if=none,cache=unsafe",
             qemu_escape(&spec.container_disk.to_string_lossy())
         ))
-        .args([
-            "-device",
-            "virtio-blk-device,drive=container,serial=vessel-container",
-        ])
+        .arg("-device")
+        .arg(format!(
+            "virtio-blk-device,drive=container,serial={CONTAINER_SERIAL}"
+        ))
         .args(["-device", "virtio-serial-device"])
         .arg("-chardev")
         .arg(format!(

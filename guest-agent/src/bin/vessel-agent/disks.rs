@@ -7,10 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Serial of the read-only image disk.
-pub const IMAGE_SERIAL: &str = "vessel-image";
-/// Serial of the writable container disk.
-pub const CONTAINER_SERIAL: &str = "vessel-container";
+use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
 const APPEAR_TIMEOUT: Duration = Duration::from_secs(10);
 
