@@ -448,3 +448,39 @@ fn pull_refuses_a_layer_whose_diff_id_does_not_match_the_config() {
     assert_eq!(root.ok(&["images", "-q"]).trim(), "");
     assert!(temps_under(root.path()).is_empty());
 }
+
+/// On a terminal the pull shows indicatif bars (bytes done of total), not the plain
+/// lines it prints to a pipe. `script` gives vessel a pseudo-terminal.
+#[test]
+fn pull_on_a_terminal_shows_progress_bars() {
+    if common::skip_without(&["script"]) {
+        return;
+    }
+    let Some(reg) = Registry::start() else { return };
+    let img = TestImage::new("vessel-test/bars:1");
+    reg.push_image(&img, "vessel-test/bars:1");
+    let root = TestRoot::new();
+    let r = reg.reference("vessel-test/bars:1");
+    let cmd = format!(
+        "{} --root {} pull {r}",
+        common::vessel_bin().display(),
+        root.path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        !screen.contains("downloading ("),
+        "plain lines on a tty: {screen}"
+    );
+    assert!(
+        screen.contains("iB/"),
+        "no bar (bytes/total) drawn: {screen}"
+    );
+    assert!(rootfs_of(&root, &r).join("bin/busybox").is_file());
+}
