@@ -316,7 +316,7 @@ pub fn run(root: &Path, args: RunArgs) -> ExitCode {
     match run_inner(root, args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vessel: {e:#}");
+            super::report(&e);
             ExitCode::from(EXIT_VESSEL_FAILED)
         }
     }
@@ -770,7 +770,7 @@ fn for_each(refs: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<Ex
         match f(r) {
             Ok(()) => println!("{r}"),
             Err(e) => {
-                eprintln!("vessel: {e:#}");
+                super::report(&e);
                 failed = true;
             }
         }
@@ -856,7 +856,7 @@ pub fn exec(root: &Path, args: ExecArgs) -> ExitCode {
     match exec_inner(root, args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("vessel: {e:#}");
+            super::report(&e);
             ExitCode::from(EXIT_VESSEL_FAILED)
         }
     }

@@ -115,8 +115,52 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("vessel: {err:#}");
+            report(&err);
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// Prints a failure as one line on stderr: `vessel: context: cause: cause`.
+pub fn report(err: &anyhow::Error) {
+    eprintln!("vessel: {}", error_line(err));
+}
+
+/// The error and its causes joined with `: `, leaving out a cause whose text the line
+/// already carries (library errors often show their source in their own message too).
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_keeps_each_cause_once() {
+        let plain = anyhow::anyhow!("disk full")
+            .context("write blob")
+            .context("loading a.tar");
+        assert_eq!(error_line(&plain), "loading a.tar: write blob: disk full");
+        // The store's I/O error shows its OS error and also reports it as its source.
+        let store = vessel_images::StoreError::Io {
+            op: "write blob",
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        let line = error_line(&anyhow::Error::new(store).context("loading a.tar"));
+        assert_eq!(line.matches("os error 28").count(), 1, "{line}");
+        assert!(line.starts_with("loading a.tar: write blob /x: "), "{line}");
     }
 }
