@@ -80,7 +80,11 @@ fn load_onto_a_full_disk_fails_cleanly_and_leaves_the_store_consistent() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     eprintln!("full disk: {}", stderr.trim());
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert_eq!(stderr.matches("os error 28").count(), 1, "cause once: {stderr}");
+    assert_eq!(
+        stderr.matches("os error 28").count(),
+        1,
+        "cause once: {stderr}"
+    );
 
     // Nothing of the failed load remains, and the store still checks clean and works.
     let listed = vessel(&["images", "-q"]);
