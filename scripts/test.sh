@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # Runs every test vessel has: installs what the tests need, then the whole workspace's tests.
-# Tests that need root, KVM or a package skip with a message naming what is missing.
+# Tests that need root, KVM or a package skip with a `SKIP: <what is missing>` line; the
+# tests' output is shown (--show-output) and the skips are summed up at the end, so no
+# test passes silently without running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --workspace --all-targets
-cargo test --workspace --no-fail-fast -- --test-threads="${VESSEL_TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast -- --show-output \
+    --test-threads="${VESSEL_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+echo
+if grep -q 'SKIP' "$log"; then
+    echo "Skipped (what is missing on this machine):"
+    grep -ho 'SKIP[^"]*' "$log" | sort | uniq -c
+else
+    echo "No test skipped."
+fi
+exit "$status"
