@@ -10,9 +10,17 @@
 //!
 //! The FADT sets `HW_REDUCED_ACPI` and points its sleep control/status registers and
 //! its reset register at the [`crate::devices::acpi_pm`] ports; the DSDT has an
-//! `_S5_` object so Linux offers ACPI power-off, and one `LNRO0005` device per
+//! `_S5_` object so Linux offers ACPI power-off, one `LNRO0005` device per
 //! virtio-mmio window so distro kernels (built without
-//! `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`) find the devices.
+//! `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`) find the devices, and COM1 as a `PNP0501`
+//! device with its ports and IRQ.
+//!
+//! COM1 must be in the DSDT because a hardware-reduced ACPI machine has no legacy PIC:
+//! Linux then maps no ISA IRQs, so the 8250 driver's built-in port at 0x3f8 gets no
+//! working IRQ 4. Kernel printk still reaches the port (it polls), but user-space writes
+//! to `/dev/ttyS0`, which wait for the transmit interrupt, never did. Described here,
+//! the port is claimed by `8250_pnp` with IRQ 4 registered as an edge-triggered GSI, as
+//! QEMU's microvm and Firecracker describe theirs.
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -27,6 +35,7 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::acpi_pm;
+use crate::devices::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 
 /// Where the RSDP goes (and what [`create_acpi_tables`] returns).
 pub const RSDP_ADDR: u64 = 0xe_0000;
@@ -132,6 +141,7 @@ fn dsdt_aml(mmio: &[MmioDeviceInfo]) -> Vec<u8> {
         let device = aml::Device::new(format!("V{i:03X}").as_str().into(), vec![&hid, &uid, &crs]);
         devices.push(to_bytes(&device));
     }
+    devices.push(com1_aml());
     let device_refs: Vec<RawAml> = devices.into_iter().map(RawAml).collect();
     let children: Vec<&dyn Aml> = device_refs.iter().map(|d| d as &dyn Aml).collect();
     aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut body);
@@ -139,6 +149,18 @@ fn dsdt_aml(mmio: &[MmioDeviceInfo]) -> Vec<u8> {
     let s5 = aml::Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE, &0u8, &0u8]);
     aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut body);
     body
+}
+
+/// COM1: a 16550 at 0x3f8 on ISA IRQ 4 (edge-triggered, active high, exclusive).
+fn com1_aml() -> Vec<u8> {
+    let base = COM1_BASE as u16;
+    let io = aml::IO::new(base, base, 1, COM1_LEN as u8);
+    let irq = aml::Interrupt::new(true, true, false, false, COM1_IRQ);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    to_bytes(&aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]))
 }
 
 // Pre-serialised AML, so children can be built in a loop and borrowed afterwards.
@@ -493,6 +515,16 @@ mod tests {
                         );
                     }
                     assert_eq!(flat.matches("\"LNRO0005\"").count(), mmio.len(), "{flat}");
+                    let com1 = &flat[flat.find("Device (COM1)").expect("COM1 device")..];
+                    assert!(com1.contains("Name (_HID, EisaId (\"PNP0501\")"), "{com1}");
+                    assert!(
+                        com1.contains("IO (Decode16, 0x03F8, // Range Minimum 0x03F8, // Range Maximum 0x01, // Alignment 0x08, // Length"),
+                        "{com1}"
+                    );
+                    assert!(
+                        com1.contains("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000004, }"),
+                        "{com1}"
+                    );
                     assert!(flat.contains("Name (_S5, Package"), "{flat}");
                 }
                 "facp" => {
