@@ -110,6 +110,11 @@ impl Vm {
             .map_err(|e| VmmError::Kvm("KVM_SET_IDENTITY_MAP_ADDR", e))?;
         vm.create_irq_chip()
             .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+        if !crate::cpu::pmu::deny_pmu_msrs(&vm)
+            .map_err(|e| VmmError::Kvm("KVM_X86_SET_MSR_FILTER", e))?
+        {
+            log::debug!("KVM has no MSR filter: the guest's PMU probe reaches KVM");
+        }
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()

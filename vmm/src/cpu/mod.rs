@@ -5,6 +5,7 @@ pub mod cpuid;
 pub mod fpu;
 pub mod lapic;
 pub mod msrs;
+pub mod pmu;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
