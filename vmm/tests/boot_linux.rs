@@ -53,10 +53,15 @@ for m in virtio_ring virtio virtio_mmio virtio_console; do insmod /lib/$m.ko; do
 i=0
 while [ ! -e /dev/hvc0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo "vessel-init: hvc0 $( [ -e /dev/hvc0 ] && echo ready || echo missing )"
+# One open file for the whole exchange: input that arrives while no process holds the
+# console open is not kept for the next opener.
+exec 3<>/dev/hvc0
 stty -F /dev/hvc0 raw -echo
-echo ready > /dev/hvc0
-read -r line < /dev/hvc0
-echo "echo:$line" > /dev/hvc0
+echo ready >&3
+read -r line <&3
+echo "echo:$line" >&3
+# User space on the serial port needs its transmit interrupt (printk polls instead).
+timeout 10 sh -c 'echo "user-space-serial: $(cat /proc/uptime)" > /dev/ttyS0'
 poweroff -f
 "#;
 
@@ -218,6 +223,18 @@ fn read_until(stream: &mut UnixStream, needle: &[u8], deadline: Instant) -> Vec<
     got
 }
 
+/// How many lines of the host's kernel log are KVM's "Unhandled WRMSR/RDMSR" (None where
+/// the log cannot be read).
+fn host_unhandled_msr_lines() -> Option<usize> {
+    let out = Command::new("dmesg").stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("Unhandled WRMSR") || l.contains("Unhandled RDMSR"))
+            .count()
+    })
+}
+
 /// Boots `kernel` with the test initramfs and checks a virtio-console round trip
 /// and ACPI power-off.
 fn console_round_trip(kernel: &Path, extra_cmdline: &str) {
@@ -243,6 +260,7 @@ fn console_round_trip(kernel: &Path, extra_cmdline: &str) {
         output: fd,
     };
     let serial = SharedBuf::default();
+    let unhandled_msr_lines_before = host_unhandled_msr_lines();
     let vm = Vm::with_serial(&config, Box::new(serial.clone())).expect("build VM");
     let runner = std::thread::spawn(move || vm.run());
     let deadline = Instant::now() + budget();
@@ -262,6 +280,26 @@ fn console_round_trip(kernel: &Path, extra_cmdline: &str) {
     );
     let reason = runner.join().expect("VM thread").expect("VM run");
     assert_eq!(reason, ExitReason::PowerOff, "serial:\n{}", log());
+    assert!(
+        log().contains("user-space-serial: "),
+        "a user-space write to /dev/ttyS0 did not reach the serial output:\n{}",
+        log()
+    );
+    // No PMU: the guest's probe faults and Linux says why, rather than finding "broken"
+    // counters, and the host's KVM logs nothing about MSRs it does not back.
+    assert!(
+        log().contains("PMU not available due to virtualization")
+            || log().contains("no PMU driver, software events only"),
+        "the guest found a PMU:\n{}",
+        log()
+    );
+    if let Some(before) = unhandled_msr_lines_before {
+        let after = host_unhandled_msr_lines().unwrap_or(before);
+        assert_eq!(
+            after, before,
+            "the host's KVM logged unhandled MSR accesses during the boot"
+        );
+    }
     eprintln!(
         "{}: console round trip and ACPI power-off OK",
         kernel.display()
