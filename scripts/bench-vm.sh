@@ -11,7 +11,13 @@
 # plus the wall time of the whole `vessel run` process. Medians over RUNS runs, after one
 # warm-up run each. Runs alternate VM / container so that load elsewhere hits both alike.
 # VMM=qemu|builtin|auto picks the backend (default auto: qemu under TCG on hosts whose KVM
-# cannot run Linux). Set KEEP=1 to keep the work directory.
+# cannot run Linux); a comma-separated list (VMM=builtin,qemu) measures each, alternating
+# runs between them, and adds each backend's ratio to the first. For each backend it also
+# reports the memory an idle VM's host processes hold (PSS of the VMM process and its
+# children, `vessel run -d IMAGE sleep`, 2 s after the agent answered an exec).
+# NO_BUILD=1 uses the release binaries as they are (inside the nested-KVM guest, which
+# should not run cargo: scripts/nested-kvm.sh -- env NO_BUILD=1 VMM=builtin,qemu
+# scripts/bench-vm.sh). Set KEEP=1 to keep the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +28,12 @@ VMM="${VMM:-auto}"
 KERNEL="${VESSEL_KERNEL:-/var/cache/vessel/kernel}"
 [ -e "$KERNEL" ] || { echo "bench-vm: no guest kernel at $KERNEL (run scripts/setup.sh)" >&2; exit 1; }
 
-cargo build --release -q -p vessel -p vessel-vmm >&2
-cargo build --release -q -p vessel-agent --target x86_64-unknown-linux-musl >&2
+if [ "${NO_BUILD:-0}" != 1 ]; then
+    cargo build --release -q -p vessel -p vessel-vmm >&2
+    cargo build --release -q -p vessel-agent --target x86_64-unknown-linux-musl >&2
+fi
 VESSEL="$PWD/target/release/vessel"
+export VESSEL_AGENT="${VESSEL_AGENT:-$PWD/target/x86_64-unknown-linux-musl/release/vessel-agent}"
 WORK="$(mktemp -d /tmp/vessel-bench-vm.XXXXXX)"
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 ROOT="$WORK/root"
@@ -67,19 +76,18 @@ tar -C "$WORK/oci" -cf "$WORK/bench.tar" .
 "$VESSEL" --root "$ROOT" load -i "$WORK/bench.tar" >&2
 
 VESSEL_VM_TIMINGS=1 python3 - "$RUNS" "$VESSEL" "$ROOT" "$VMM" <<'PY'
-import re, statistics, subprocess, sys, time
-runs, vessel, root, vmm = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-vm_cmd = [vessel, "--root", root, "run", "--rm", "--vmm", vmm, "bench/vm", "true"]
-ct_cmd = [vessel, "--root", root, "run", "--rm", "--isolation", "container", "bench/vm", "true"]
+import os, re, statistics, subprocess, sys, time
+runs, vessel, root, vmms = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 stages = ["assets-ready", "vmm-started", "agent-ready", "process-done", "vm-gone"]
-backend = "?"
-def vm_run():
-    global backend
+def vm_cmd(vmm):
+    return [vessel, "--root", root, "run", "--rm", "--vmm", vmm, "bench/vm", "true"]
+ct_cmd = [vessel, "--root", root, "run", "--rm", "--isolation", "container", "bench/vm", "true"]
+def vm_run(vmm):
     t = time.perf_counter()
-    p = subprocess.run(vm_cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    p = subprocess.run(vm_cmd(vmm), stdin=subprocess.DEVNULL, capture_output=True, text=True)
     wall = (time.perf_counter() - t) * 1000
     if p.returncode != 0:
-        sys.exit(f"bench-vm: VM run failed ({p.returncode}):\n{p.stderr[-3000:]}")
+        sys.exit(f"bench-vm: VM run ({vmm}) failed ({p.returncode}):\n{p.stderr[-3000:]}")
     m = re.search(r"vm timings \(ms since start\): (.*)", p.stderr)
     vals = dict(kv.split("=") for kv in m.group(1).split())
     return wall, {k: float(vals[k]) for k in stages}
@@ -89,32 +97,99 @@ def ct_run():
     if p.returncode != 0:
         return None
     return (time.perf_counter() - t) * 1000
-backend = subprocess.run([vessel, "--root", root, "kernel", "--vmm", vmm], capture_output=True, text=True).stdout
-backend = next((l.split(":", 1)[1].strip() for l in backend.splitlines() if l.startswith("vmm:")), "?")
-first_wall, first = vm_run()  # builds the image disk and the initramfs
+def backend_name(vmm):
+    out = subprocess.run([vessel, "--root", root, "kernel", "--vmm", vmm], capture_output=True, text=True).stdout
+    return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("vmm:")), "?")
+def children(pid):
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                st = open(f"/proc/{d}/stat").read()
+            except OSError:
+                continue
+            if int(st[st.rfind(")") + 2:].split()[1]) == pid:
+                kids.append(int(d))
+    return kids
+def pss_kib(pid):
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+def idle_pss(vmm):
+    name = f"idle-{vmm}"
+    subprocess.run([vessel, "--root", root, "run", "-d", "--name", name, "--vmm", vmm, "bench/vm", "sleep", "600"],
+                   check=True, capture_output=True)
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([vessel, "--root", root, "exec", name, "true"], capture_output=True).returncode != 0:
+            if time.time() > deadline:
+                return None
+            time.sleep(0.5)
+        time.sleep(2)
+        vmm_pids = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if root in cmd and ("qemu-system" in cmd or "vessel-vmm" in cmd):
+                vmm_pids.append(int(d))
+        tree, todo = set(), list(vmm_pids)
+        while todo:
+            p = todo.pop()
+            if p not in tree:
+                tree.add(p)
+                todo.extend(children(p))
+        return sum(pss_kib(p) for p in tree) / 1024, len(tree)
+    finally:
+        subprocess.run([vessel, "--root", root, "rm", "-f", name], capture_output=True)
+names = {v: backend_name(v) for v in vmms}
+first = {v: vm_run(v) for v in vmms}  # builds the image disk and the initramfs
 ct_ok = ct_run() is not None
-vm_walls, vm_stages, ct_walls = [], {k: [] for k in stages}, []
+walls = {v: [] for v in vmms}
+st = {v: {k: [] for k in stages} for v in vmms}
+ct_walls = []
+slots = vmms + (["container"] if ct_ok else [])
 for i in range(runs):
-    order = [0, 1] if i % 2 == 0 else [1, 0]
-    for o in order:
-        if o == 0:
-            w, s = vm_run(); vm_walls.append(w)
-            for k in stages: vm_stages[k].append(s[k])
-        elif ct_ok:
+    # Rotate the order each round, so that load and caches favour no backend.
+    for slot in slots[i % len(slots):] + slots[:i % len(slots)]:
+        if slot == "container":
             w = ct_run()
             if w is not None: ct_walls.append(w)
+        else:
+            w, s = vm_run(slot); walls[slot].append(w)
+            for k in stages: st[slot][k].append(s[k])
 med = statistics.median
-print(f"VM isolation, backend {backend}, {runs} runs (medians, ms since the backend started):")
-prev = 0.0
+print(f"VM isolation, {runs} runs each, alternating (medians, ms since the backend started):")
+for v in vmms:
+    print(f"  --vmm {v}: {names[v]}")
+hdr = "".join(f"{'--vmm ' + v:>22}" for v in vmms)
+print(f"  {'stage':<13}{hdr}")
+prev = {v: 0.0 for v in vmms}
 for k in stages:
-    m = med(vm_stages[k])
-    print(f"  {k:<13} {m:8.1f}   (+{m - prev:7.1f})")
-    prev = m
-print(f"  {'wall':<13} {med(vm_walls):8.1f}   whole `vessel run --rm IMAGE true` (min {min(vm_walls):.1f}, max {max(vm_walls):.1f})")
-print(f"  first run     {first_wall:8.1f}   (builds the image disk and the initramfs; assets-ready {first['assets-ready']:.1f})")
+    cells = ""
+    for v in vmms:
+        m = med(st[v][k]); cells += f"{m:10.1f} (+{m - prev[v]:7.1f})"; prev[v] = m
+    print(f"  {k:<13}{cells}")
+print(f"  {'wall':<13}" + "".join(f"{med(walls[v]):10.1f} {'':10}" for v in vmms) + "  whole `vessel run --rm IMAGE true`")
+print(f"  {'wall min/max':<13}" + "".join(f"{min(walls[v]):8.0f}/{max(walls[v]):<8.0f}{'':5}" for v in vmms))
+print(f"  {'first run':<13}" + "".join(f"{first[v][0]:10.1f} {'':10}" for v in vmms) + "  (builds the image disk and the initramfs)")
+for v in vmms:
+    r = idle_pss(v)
+    print(f"  idle VM, --vmm {v}: " + (f"{r[0]:.1f} MiB PSS in {r[1]} host process(es)" if r else "did not come up"))
+for v in vmms[1:]:
+    print(f"--vmm {v} / --vmm {vmms[0]} wall ratio: {med(walls[v]) / med(walls[vmms[0]]):.2f}x; "
+          f"--vmm {vmms[0]} / --vmm {v}: {med(walls[vmms[0]]) / med(walls[v]):.2f}x")
 if ct_walls:
     print(f"container isolation, {len(ct_walls)} runs: wall median {med(ct_walls):.1f} ms (min {min(ct_walls):.1f}, max {max(ct_walls):.1f})")
-    print(f"VM / container wall ratio: {med(vm_walls) / med(ct_walls):.1f}x")
+    for v in vmms:
+        print(f"--vmm {v} / container wall ratio: {med(walls[v]) / med(ct_walls):.1f}x")
 else:
     print("container isolation: not runnable here (see `vessel run --isolation container`)")
 PY
