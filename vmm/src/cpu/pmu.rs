@@ -63,7 +63,14 @@ mod tests {
     #[test]
     fn ranges_cover_the_probed_counters_and_fit_the_bitmap() {
         // The counter Linux's AMD probe writes, and the first and last of each family.
-        for msr in [0xc001_0007, 0xc001_0000, 0xc001_0200, 0xc001_020b, 0xc1, 0x186] {
+        for msr in [
+            0xc001_0007,
+            0xc001_0000,
+            0xc001_0200,
+            0xc001_020b,
+            0xc1,
+            0x186,
+        ] {
             assert!(is_pmu_msr(msr), "{msr:#x}");
         }
         for msr in [0xc001_0008, 0xc000_0080, 0x10, 0x1a0, 0xc001_0114] {
