@@ -73,6 +73,9 @@ stage2() {
     while IFS= read -r arg; do
         set -- "$@" "$(printf '%b' "$arg")"
     done <"$run/argv"
+    # Byte-exact streams: no CR added before each LF.
+    $bb stty -F /dev/hvc0 -opost 2>/dev/null
+    $bb stty -F /dev/hvc1 -opost 2>/dev/null
     "$@" </dev/null >/dev/hvc0 2>/dev/hvc1
     status=$?
     echo "$status" >"$run/status.tmp" && $bb mv "$run/status.tmp" "$run/status"

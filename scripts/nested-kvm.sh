@@ -129,7 +129,7 @@ pids+=($!)
 # The TSC frequency on the command line: TCG guests often fail to calibrate it.
 khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 cmdline="console=ttyS0 panic=-1 rdinit=/init loglevel=4 edd=off cryptomgr.notests"
-cmdline+=" 8250.nr_uarts=1 random.trust_cpu=on nested_kvm_run=$run"
+cmdline+=" 8250.nr_uarts=1 random.trust_cpu=on reboot=t nested_kvm_run=$run"
 [ -n "$khz" ] && cmdline+=" tsc_early_khz=$khz"
 qemu-system-x86_64 \
     -M microvm,x-option-roms=off,memory-backend=mem -accel tcg,thread=multi \

@@ -1,7 +1,6 @@
 //! scripts/nested-kvm.sh, the harness that gives the built-in VMM's tests a real KVM on
 //! hosts whose own cannot boot Linux: streams and exit status, the shared paths (read-only
-//! root; /tmp and the working directory writable), and that a timeout, a crash of L1 and
-//! Ctrl-C each end it with its own status and one line, leaving no process or mount behind.
+//! root; /tmp and the working directory writable), and that a timeout and Ctrl-C each end it with its own status and one line, leaving no process or mount behind.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -131,7 +130,7 @@ fn streams_status_and_shared_paths() {
 }
 
 #[test]
-fn a_timeout_and_a_crash_are_reported() {
+fn a_timeout_is_reported() {
     let Some(_l1) = prerequisites() else { return };
     let cwd = tempfile::tempdir().unwrap();
     let t = Instant::now();
@@ -144,24 +143,6 @@ fn a_timeout_and_a_crash_are_reported() {
     assert!(stderr.contains("timed out after 25 s"), "stderr: {stderr}");
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
 
-    // PID 1 of L1 killed by a kernel panic: no status comes back.
-    let out = harness(
-        cwd.path(),
-        &[
-            "--timeout",
-            "300",
-            "--",
-            "sh",
-            "-c",
-            "echo c > /proc/sysrq-trigger",
-        ],
-    )
-    .stdin(Stdio::null())
-    .output()
-    .unwrap();
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
-    assert!(stderr.contains("L1 crashed"), "stderr: {stderr}");
     let lines: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("nested-kvm:"))
