@@ -73,11 +73,14 @@ stage2() {
     while IFS= read -r arg; do
         set -- "$@" "$(printf '%b' "$arg")"
     done <"$run/argv"
-    # Byte-exact streams: no CR added before each LF.
-    $bb stty -F /dev/hvc0 -opost 2>/dev/null
-    $bb stty -F /dev/hvc1 -opost 2>/dev/null
-    "$@" </dev/null >/dev/hvc0 2>/dev/hvc1
+    # Byte-exact streams: no CR added before each LF. A tty's settings last only while it
+    # is open, so hold both consoles open from before stty until the command is done.
+    exec 3>/dev/hvc0 4>/dev/hvc1
+    $bb stty -opost <&3 2>/dev/null
+    $bb stty -opost <&4 2>/dev/null
+    "$@" </dev/null >&3 2>&4 3>&- 4>&-
     status=$?
+    exec 3>&- 4>&-
     echo "$status" >"$run/status.tmp" && $bb mv "$run/status.tmp" "$run/status"
     $bb sync
     $bb poweroff -f

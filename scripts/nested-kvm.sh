@@ -165,6 +165,7 @@ pids=()
 if [ -s "$run/status" ]; then
     exit "$(cat "$run/status")"
 fi
-say "L1 crashed (qemu exited $qemu_status without the command's status); its last messages:"
+why=$(grep -m1 -o 'Kernel panic - .*' "$run/console.log" 2>/dev/null | tr -d '\r' || true)
+say "L1 crashed (qemu exited $qemu_status without the command's status${why:+: $why}); its last messages:"
 last_messages
 exit 125
