@@ -505,13 +505,44 @@ fn missing_command_is_127(vmm: &str) {
     );
 }
 
+/// The host's CPU flags (the first `flags` line of a /proc/cpuinfo).
+fn cpu_flags(cpuinfo: &str) -> Vec<String> {
+    cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The built-in VMM passes the host's vector extensions through, and the guest kernel keeps
+/// them: a stale XSAVE size in CPUID (seen under a nested KVM) made Linux turn XSAVE, and
+/// with it AVX, off.
+fn guest_keeps_the_hosts_vector_extensions(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let host = cpu_flags(&std::fs::read_to_string("/proc/cpuinfo").unwrap());
+    let out = env.run(&["--rm"], &["cat", "/proc/cpuinfo"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let guest = cpu_flags(&stdout);
+    for f in ["xsave", "avx", "avx2"] {
+        if host.iter().any(|h| h == f) {
+            assert!(
+                guest.iter().any(|g| g == f),
+                "host has {f}, guest: {guest:?}"
+            );
+        }
+    }
+}
+
 macro_rules! on_both_backends {
-    ($($body:ident),* $(,)?) => {
+    ($($body:ident),* $(,)?; builtin only: $($only:ident),* $(,)?) => {
         mod qemu {
             $(#[test] fn $body() { super::$body("qemu") })*
         }
         mod builtin_vmm {
             $(#[test] fn $body() { super::$body("builtin") })*
+            $(#[test] fn $only() { super::$only("builtin") })*
         }
     };
 }
@@ -524,5 +555,6 @@ on_both_backends!(
     writes_are_per_container,
     detached_lifecycle,
     broken_kernel_cmdline_fails_fast,
-    vmm_crash_and_boot_timeout_are_reported,
+    vmm_crash_and_boot_timeout_are_reported;
+    builtin only: guest_keeps_the_hosts_vector_extensions,
 );

@@ -1,11 +1,12 @@
 //! Per-vCPU architectural setup done once before the first entry: CPUID, MSRs,
-//! FPU and local APIC, as Linux expects to find them on real hardware.
+//! XCR0, FPU and local APIC, as Linux expects to find them on real hardware.
 
 pub mod cpuid;
 pub mod fpu;
 pub mod lapic;
 pub mod msrs;
 pub mod pmu;
+pub mod xcr0;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::VcpuFd;
@@ -33,6 +34,7 @@ pub fn configure(vcpu: &VcpuFd, id: u8, count: u8, supported: &CpuId) -> Result<
     let cpuid = cpuid::for_vcpu(supported, id, count);
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| CpuError::Kvm("KVM_SET_CPUID2", e))?;
+    xcr0::set_initial_xcr0(vcpu, &cpuid)?;
     msrs::set_boot_msrs(vcpu)?;
     fpu::set_initial_fpu(vcpu)?;
     lapic::set_lint(vcpu)
