@@ -79,7 +79,16 @@ fn install_then_describe() {
     if Path::new("/sys/module/kvm_pvm").exists() {
         assert_eq!(info["kvm_boots_linux"], false);
         assert!(reason.contains("kvm_pvm"), "{reason}");
+        assert!(reason.contains("scripts/nested-kvm.sh"), "{reason}");
     }
+    // Debian's bzImage is booted as the ELF vmlinux unpacked from it, cached under the root.
+    let boot = info["boot_image"].as_str().unwrap();
+    assert!(
+        boot.starts_with(root.path().join("boot").to_str().unwrap()),
+        "{boot}"
+    );
+    let elf = std::fs::read(boot).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
 }
 
 #[test]

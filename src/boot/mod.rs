@@ -6,6 +6,7 @@ pub mod cpio;
 pub mod initramfs;
 pub mod kernel;
 pub mod modules;
+pub mod vmlinux;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,14 @@ pub enum BootError {
     #[error("kernel module {path}: {reason}")]
     BadModule {
         /// The module file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The kernel image is damaged.
+    #[error("guest kernel {path}: {reason}")]
+    BadKernel {
+        /// The kernel image.
         path: PathBuf,
         /// What was wrong.
         reason: String,

@@ -56,11 +56,14 @@ pub fn kernel(root: &Path, args: KernelArgs) -> anyhow::Result<ExitCode> {
         None => Vec::new(),
     };
     let initramfs = boot::initramfs::prepare(root, &k);
+    let boot_image = boot::vmlinux::boot_image(root, &k.image);
     let kvm = choice::kvm_state();
     let chosen = choice::choose(&args.vmm);
     if args.json {
         let v = serde_json::json!({
             "kernel": k.image,
+            "boot_image": boot_image.as_ref().ok(),
+            "boot_image_error": boot_image.as_ref().err().map(|e| e.to_string()),
             "source": k.source.to_string(),
             "release": k.release,
             "modules_dir": k.modules,
@@ -77,6 +80,14 @@ pub fn kernel(root: &Path, args: KernelArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_kernel(&k, &mods);
+    match &boot_image {
+        Ok(b) if *b == k.image => println!("boots:     the image as it is"),
+        Ok(b) => println!(
+            "boots:     {} (the ELF vmlinux unpacked from it)",
+            b.display()
+        ),
+        Err(e) => println!("boots:     cannot be prepared: {e}"),
+    }
     match &initramfs {
         Ok(i) => println!(
             "initramfs: {}\nagent:     {}",

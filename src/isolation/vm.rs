@@ -216,6 +216,7 @@ impl Backend for VmBackend {
         let kernel =
             boot::kernel::discover(&root, spec.vm.kernel.as_deref()).map_err(unavailable)?;
         let initramfs = boot::initramfs::prepare(&root, &kernel).map_err(unavailable)?;
+        let boot_image = boot::vmlinux::boot_image(&root, &kernel.image).map_err(unavailable)?;
         if debug {
             eprintln!("vessel: vm backend: {} ({})", choice.vmm, choice.reason);
             eprintln!(
@@ -251,7 +252,7 @@ impl Backend for VmBackend {
         let channel_path = socket_path::socket_path(&spec.dir, "agent.sock")
             .map_err(|e| IsolationError::io("naming the agent socket", e))?;
         let mspec = MachineSpec {
-            kernel: kernel.image.clone(),
+            kernel: boot_image,
             initrd: initramfs.path.clone(),
             cmdline: kernel_cmdline(choice.vmm, debug),
             cpus,

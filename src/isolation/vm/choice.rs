@@ -78,7 +78,9 @@ pub fn kvm_state() -> KvmState {
             usable,
             boots_linux: false,
             detail: "/dev/kvm is kvm_pvm, a nested KVM that emulates the guest's kernel mode; \
-                     Linux guests stop with an emulation failure early in boot"
+                     Linux guests stop with an emulation failure early in boot (the built-in \
+                     VMM runs in a guest with a real KVM: scripts/nested-kvm.sh -- COMMAND, \
+                     see docs/vmm.md)"
                 .into(),
         };
     }
