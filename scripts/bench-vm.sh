@@ -12,7 +12,9 @@
 # warm-up run each. Runs alternate VM / container so that load elsewhere hits both alike.
 # VMM=qemu|builtin|auto picks the backend (default auto: qemu under TCG on hosts whose KVM
 # cannot run Linux); a comma-separated list (VMM=builtin,qemu) measures each, alternating
-# runs between them, and adds each backend's ratio to the first. For each backend it also
+# runs between them, and adds each backend's ratio to the first. A `+bzimage` suffix
+# (VMM=builtin,qemu,qemu+bzimage) runs that backend with VESSEL_KERNEL_UNPACK=0: the
+# bzImage booted as it is, instead of the ELF vmlinux vessel unpacks from it. For each backend it also
 # reports the memory an idle VM's host processes hold (PSS of the VMM process and its
 # children, `vessel run -d IMAGE sleep`, 2 s after the agent answered an exec).
 # NO_BUILD=1 uses the release binaries as they are (inside the nested-KVM guest, which
@@ -34,7 +36,9 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
 fi
 VESSEL="$PWD/target/release/vessel"
 export VESSEL_AGENT="${VESSEL_AGENT:-$PWD/target/x86_64-unknown-linux-musl/release/vessel-agent}"
-WORK="$(mktemp -d /tmp/vessel-bench-vm.XXXXXX)"
+# TMPDIR=/run inside the nested-KVM guest: its /tmp is the host's, over virtio-fs, where
+# every disk access would cross FUSE (and overlayfs, for container mode, cannot live).
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/vessel-bench-vm.XXXXXX")"
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 ROOT="$WORK/root"
 export VESSEL_KERNEL="$KERNEL"
@@ -54,7 +58,7 @@ with tarfile.open(fileobj=buf, mode="w") as t:
     for d in ["bin", "etc", "tmp"]:
         i = tarfile.TarInfo(d); i.type = tarfile.DIRTYPE; i.mode = 0o755; t.addfile(i)
     t.add("/bin/busybox", "bin/busybox")
-    for a in ["sh", "true", "echo"]:
+    for a in ["sh", "true", "echo", "sleep", "cat"]:
         i = tarfile.TarInfo("bin/" + a); i.type = tarfile.SYMTYPE; i.linkname = "busybox"; t.addfile(i)
     pw = b"root:x:0:0:root:/root:/bin/sh\n"
     i = tarfile.TarInfo("etc/passwd"); i.size = len(pw); t.addfile(i, io.BytesIO(pw))
@@ -79,12 +83,19 @@ VESSEL_VM_TIMINGS=1 python3 - "$RUNS" "$VESSEL" "$ROOT" "$VMM" <<'PY'
 import os, re, statistics, subprocess, sys, time
 runs, vessel, root, vmms = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 stages = ["assets-ready", "vmm-started", "agent-ready", "process-done", "vm-gone"]
+def vmm_of(slot):
+    return slot.split("+")[0]
+def env_of(slot):
+    env = dict(os.environ)
+    if slot.endswith("+bzimage"):
+        env["VESSEL_KERNEL_UNPACK"] = "0"
+    return env
 def vm_cmd(vmm):
-    return [vessel, "--root", root, "run", "--rm", "--vmm", vmm, "bench/vm", "true"]
+    return [vessel, "--root", root, "run", "--rm", "--vmm", vmm_of(vmm), "bench/vm", "true"]
 ct_cmd = [vessel, "--root", root, "run", "--rm", "--isolation", "container", "bench/vm", "true"]
 def vm_run(vmm):
     t = time.perf_counter()
-    p = subprocess.run(vm_cmd(vmm), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    p = subprocess.run(vm_cmd(vmm), stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env_of(vmm))
     wall = (time.perf_counter() - t) * 1000
     if p.returncode != 0:
         sys.exit(f"bench-vm: VM run ({vmm}) failed ({p.returncode}):\n{p.stderr[-3000:]}")
@@ -98,7 +109,7 @@ def ct_run():
         return None
     return (time.perf_counter() - t) * 1000
 def backend_name(vmm):
-    out = subprocess.run([vessel, "--root", root, "kernel", "--vmm", vmm], capture_output=True, text=True).stdout
+    out = subprocess.run([vessel, "--root", root, "kernel", "--vmm", vmm_of(vmm)], capture_output=True, text=True).stdout
     return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("vmm:")), "?")
 def children(pid):
     kids = []
@@ -120,9 +131,9 @@ def pss_kib(pid):
         pass
     return 0
 def idle_pss(vmm):
-    name = f"idle-{vmm}"
-    subprocess.run([vessel, "--root", root, "run", "-d", "--name", name, "--vmm", vmm, "bench/vm", "sleep", "600"],
-                   check=True, capture_output=True)
+    name = "idle-" + vmm.replace("+", "-")
+    subprocess.run([vessel, "--root", root, "run", "-d", "--name", name, "--vmm", vmm_of(vmm), "bench/vm", "sleep", "600"],
+                   check=True, capture_output=True, env=env_of(vmm))
     try:
         deadline = time.time() + 120
         while subprocess.run([vessel, "--root", root, "exec", name, "true"], capture_output=True).returncode != 0:
