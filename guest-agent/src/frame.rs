@@ -11,13 +11,24 @@
 //!
 //! A reader never allocates more than the bound before it has validated the length, so a
 //! hostile peer cannot make the other side allocate unbounded memory.
+//!
+//! A start request (argv and environment) may be larger than one frame: container mode
+//! takes whatever the kernel's `ARG_MAX` allows (2 MiB by default), so a VM must too. The
+//! writer sends its JSON as `START_PART` frames followed by one `START` frame with the
+//! rest, in a single write; the reader joins them, up to [`MAX_START`] in all. Everything
+//! above the codec sees one [`Message::Start`].
 
 use std::io::{self, Read, Write};
 
-use crate::message::Message;
+use crate::message::{kind, Message, StreamId};
 
-/// Largest payload a frame may carry. Data chunks are split to fit; a start request must fit.
+/// Largest payload a frame may carry. Data chunks are split to fit; a larger start request
+/// is split across frames by the codec itself.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
+
+/// Largest start request (its JSON: argv, environment and the rest) the codec carries:
+/// four times the kernel's default `ARG_MAX`, which bounds argv plus environment at exec.
+pub const MAX_START: usize = 8 << 20;
 
 /// Bytes of kind + stream that every frame carries after its length.
 const HEADER: usize = 5;
@@ -48,35 +59,68 @@ pub enum FrameError {
     /// A message to send does not fit in one frame.
     #[error("{0}-byte payload exceeds the {MAX_PAYLOAD}-byte frame bound")]
     TooLarge(usize),
+    /// A start request is larger than [`MAX_START`].
+    #[error("the command and environment take {0} bytes encoded; a VM takes at most {MAX_START}")]
+    StartTooLarge(usize),
 }
 
 /// Reads frames from a byte stream, one message at a time.
 pub struct FrameReader<R> {
     inner: R,
+    /// The leading parts of a start request being joined: its stream and bytes so far.
+    start: Option<(StreamId, Vec<u8>)>,
 }
 
 impl<R: Read> FrameReader<R> {
     /// Wraps a byte stream.
     pub fn new(inner: R) -> Self {
-        Self { inner }
+        Self { inner, start: None }
     }
 
     /// The next message, or `None` at a clean end of stream (between frames).
     pub fn read(&mut self) -> Result<Option<Message>, FrameError> {
-        let mut len = [0u8; 4];
-        if !read_exact_or_eof(&mut self.inner, &mut len)? {
-            return Ok(None);
+        loop {
+            let mut len = [0u8; 4];
+            if !read_exact_or_eof(&mut self.inner, &mut len)? {
+                if self.start.is_some() {
+                    return Err(FrameError::Truncated);
+                }
+                return Ok(None);
+            }
+            let len = u32::from_le_bytes(len);
+            if (len as usize) < HEADER || len as usize > HEADER + MAX_PAYLOAD {
+                return Err(FrameError::BadLength(len));
+            }
+            let mut body = vec![0u8; len as usize];
+            if !read_exact_or_eof(&mut self.inner, &mut body)? {
+                return Err(FrameError::Truncated);
+            }
+            let (k, stream) = (
+                body[0],
+                u32::from_le_bytes([body[1], body[2], body[3], body[4]]),
+            );
+            let payload = &body[HEADER..];
+            match (k, self.start.take()) {
+                (kind::START_PART, None) => self.start = Some((stream, payload.to_vec())),
+                (kind::START_PART | kind::START, Some((s, mut joined))) if s == stream => {
+                    joined.extend_from_slice(payload);
+                    if joined.len() > MAX_START {
+                        return Err(FrameError::StartTooLarge(joined.len()));
+                    }
+                    if k == kind::START {
+                        return Message::decode(k, stream, &joined).map(Some);
+                    }
+                    self.start = Some((s, joined));
+                }
+                (_, Some(_)) => {
+                    return Err(FrameError::Malformed {
+                        kind: "start-part",
+                        reason: "not followed by the rest of its start request".into(),
+                    })
+                }
+                (_, None) => return Message::decode(k, stream, payload).map(Some),
+            }
         }
-        let len = u32::from_le_bytes(len);
-        if (len as usize) < HEADER || len as usize > HEADER + MAX_PAYLOAD {
-            return Err(FrameError::BadLength(len));
-        }
-        let mut body = vec![0u8; len as usize];
-        if !read_exact_or_eof(&mut self.inner, &mut body)? {
-            return Err(FrameError::Truncated);
-        }
-        let stream = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-        Message::decode(body[0], stream, &body[HEADER..]).map(Some)
     }
 
     /// The wrapped stream.
@@ -120,17 +164,32 @@ impl<W: Write> FrameWriter<W> {
     }
 }
 
-/// One message as the bytes of a complete frame.
-pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
-    let (kind, stream, payload) = msg.encode()?;
-    if payload.len() > MAX_PAYLOAD {
-        return Err(FrameError::TooLarge(payload.len()));
-    }
-    let mut buf = Vec::with_capacity(4 + HEADER + payload.len());
+fn push_frame(buf: &mut Vec<u8>, kind: u8, stream: StreamId, payload: &[u8]) {
     buf.extend_from_slice(&((HEADER + payload.len()) as u32).to_le_bytes());
     buf.push(kind);
     buf.extend_from_slice(&stream.to_le_bytes());
-    buf.extend_from_slice(&payload);
+    buf.extend_from_slice(payload);
+}
+
+/// One message as the bytes of its frames: one frame, or for a large start request its
+/// `START_PART` frames and the closing `START`.
+pub fn encode(msg: &Message) -> Result<Vec<u8>, FrameError> {
+    let (k, stream, payload) = msg.encode()?;
+    if k == kind::START && payload.len() > MAX_START {
+        return Err(FrameError::StartTooLarge(payload.len()));
+    }
+    if k != kind::START && payload.len() > MAX_PAYLOAD {
+        return Err(FrameError::TooLarge(payload.len()));
+    }
+    let mut buf =
+        Vec::with_capacity(payload.len() + (4 + HEADER) * (1 + payload.len() / MAX_PAYLOAD));
+    let mut rest = &payload[..];
+    while rest.len() > MAX_PAYLOAD {
+        let (part, tail) = rest.split_at(MAX_PAYLOAD);
+        push_frame(&mut buf, kind::START_PART, stream, part);
+        rest = tail;
+    }
+    push_frame(&mut buf, k, stream, rest);
     Ok(buf)
 }
 
@@ -296,6 +355,70 @@ mod tests {
             }
             let mut r = FrameReader::new(&buf[..]);
             while let Ok(Some(_)) = r.read() {}
+        }
+    }
+
+    fn big_start(bytes: usize) -> Message {
+        Message::Start {
+            stream: 4,
+            spec: ProcessSpec {
+                argv: vec!["echo".into(), "x".repeat(bytes)],
+                env: vec![format!("BIG={}", "y".repeat(bytes / 2))],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                groups: vec![],
+                tty: false,
+                rootfs: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_large_start_is_split_and_joined() {
+        let msg = big_start(700 * 1024);
+        let mut buf = encode(&msg).unwrap();
+        assert!(buf.len() > 3 * MAX_PAYLOAD, "{}", buf.len());
+        buf.extend(encode(&Message::Shutdown).unwrap());
+        let mut r = FrameReader::new(&buf[..]);
+        assert_eq!(r.read().unwrap(), Some(msg));
+        assert_eq!(r.read().unwrap(), Some(Message::Shutdown));
+        assert_eq!(r.read().unwrap(), None);
+        // Cut anywhere inside, it is truncated, never a shorter start.
+        let buf = encode(&big_start(300 * 1024)).unwrap();
+        for cut in [4, MAX_PAYLOAD, MAX_PAYLOAD + 9, buf.len() - 1] {
+            assert!(matches!(
+                FrameReader::new(&buf[..cut]).read(),
+                Err(FrameError::Truncated)
+            ));
+        }
+    }
+
+    #[test]
+    fn start_parts_are_bounded_and_must_be_followed_by_their_start() {
+        assert!(matches!(
+            encode(&big_start(MAX_START)),
+            Err(FrameError::StartTooLarge(_))
+        ));
+        // A hostile peer's endless parts stop at the bound.
+        let part = vec![b' '; MAX_PAYLOAD];
+        let mut buf = Vec::new();
+        for _ in 0..=MAX_START / MAX_PAYLOAD {
+            push_frame(&mut buf, kind::START_PART, 1, &part);
+        }
+        assert!(matches!(
+            FrameReader::new(&buf[..]).read(),
+            Err(FrameError::StartTooLarge(_))
+        ));
+        // A part, then something else (or another stream's start) is malformed.
+        for (k, stream) in [(kind::STDIN, 1), (kind::START, 2)] {
+            let mut buf = Vec::new();
+            push_frame(&mut buf, kind::START_PART, 1, b"{");
+            push_frame(&mut buf, k, stream, b"x");
+            assert!(matches!(
+                FrameReader::new(&buf[..]).read(),
+                Err(FrameError::Malformed { .. })
+            ));
         }
     }
 

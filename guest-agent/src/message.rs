@@ -41,6 +41,9 @@ pub mod kind {
     pub const SPAWN_ERROR: u8 = 11;
     /// Host → agent: power off now.
     pub const SHUTDOWN: u8 = 12;
+    /// Host → agent: the leading part of a start request too large for one frame; the
+    /// `START` frame that follows on the same stream carries the rest (frame layer only).
+    pub const START_PART: u8 = 13;
 }
 
 /// How the container's root filesystem is assembled; sent with stream 0's `Start`.
