@@ -10,6 +10,7 @@ mod channel;
 mod disks;
 mod modules;
 mod mounts;
+mod net;
 mod power;
 mod process;
 mod rootfs;
@@ -46,6 +47,7 @@ fn run() -> Result<(), String> {
     mounts::early().map_err(|e| format!("mounting /proc, /sys, /dev: {e}"))?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     modules::load_all(std::path::Path::new("/modules"), &cmdline)?;
+    net::loopback_up().map_err(|e| format!("bringing up loopback: {e}"))?;
     let chan = channel::open().map_err(|e| format!("opening the host channel: {e}"))?;
     supervisor::serve(chan, &cmdline)
 }
