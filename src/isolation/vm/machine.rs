@@ -121,13 +121,19 @@ impl Machine {
             File::create(&vmm_log).map_err(|e| format!("creating {}: {e}", vmm_log.display()))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-        // SAFETY: prctl and close_range are async-signal-safe system calls on no memory.
-        // PDEATHSIG makes the VMM die with its supervisor (the thread that spawned it), so
-        // a killed vessel leaves no VM running. Marking every inherited descriptor
-        // close-on-exec keeps the VMM from holding the caller's pipes open (a detached
-        // run's readiness pipe, a test's stdout), which would hang whoever waits for EOF.
+        // SAFETY: setsid, prctl and close_range are async-signal-safe system calls on no
+        // memory. A session of its own puts the VMM outside the terminal's process group:
+        // Ctrl-C, or `timeout`'s SIGTERM to the group, reaches vessel, which passes it to
+        // the container's process, instead of killing the VM under it. PDEATHSIG makes the
+        // VMM die with its supervisor (the thread that spawned it), so a killed vessel
+        // leaves no VM running. Marking every inherited descriptor close-on-exec keeps the
+        // VMM from holding the caller's pipes open (a detached run's readiness pipe, a
+        // test's stdout), which would hang whoever waits for EOF.
         unsafe {
             cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
