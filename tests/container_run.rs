@@ -725,6 +725,28 @@ fn tty_gives_the_process_a_terminal() {
         &["--rm", &img, "sh", "-c", "test -t 1 || echo not-a-tty"],
     );
     assert_eq!(out, "not-a-tty\n");
+    // -i -t with piped stdin: its end reaches the terminal as end of input (^D), also
+    // after a line with no newline.
+    let mut child = root
+        .cmd()
+        .args(["run", "--isolation", "container", "--rm", "-i", "-t", &img])
+        .args(["sh", "-c", "cat >/dev/null; echo done"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo-without-newline")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"));
 }
 
 #[test]

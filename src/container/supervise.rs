@@ -187,6 +187,38 @@ fn copy_thread(
     })
 }
 
+/// Copies vessel's stdin into a terminal's master side; at its end, types what a user
+/// would to end the input: the terminal's EOF character (^D), twice when a line is
+/// pending (the first only submits the partial line). Closing our copy of the master
+/// would tell the process nothing: the master stays open for its output. Through a VM's
+/// raw host terminal the ^D reaches the guest's terminal, which reads it the same way.
+fn stdin_to_terminal(master: File) {
+    std::thread::spawn(move || {
+        let mut master = master;
+        let mut stdin = std::io::stdin();
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut at_line_start = true;
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if master.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    at_line_start = matches!(buf[n - 1], b'\n' | b'\r');
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let eof = termios::tcgetattr(master.as_fd())
+            .map(|t| t.control_chars[libc::VEOF])
+            .unwrap_or(4);
+        let n = if at_line_start { 1 } else { 2 };
+        let _ = master.write_all(&vec![eof; n]);
+    });
+}
+
 /// Connects a started process to its streams and forwards signals; returns the threads
 /// whose end means all output was delivered.
 fn connect(
@@ -214,7 +246,7 @@ fn connect(
             if interactive {
                 raw = Some(RawMode::enter());
                 // Not joined: it blocks reading vessel's stdin until the user types.
-                copy_thread(std::io::stdin(), input);
+                stdin_to_terminal(input);
             }
         }
         match (&wiring_log, foreground) {
