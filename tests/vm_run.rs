@@ -505,6 +505,147 @@ fn missing_command_is_127(vmm: &str) {
     );
 }
 
+/// Starts larger than one frame reach the process whole (container mode takes what the
+/// kernel's ARG_MAX allows); loopback is up; past the protocol's bound the run is refused
+/// before anything boots.
+fn large_starts_and_loopback(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    // 5 × 100 KiB of environment and a 100 KiB argument: 600 KiB, over 256 KiB frames.
+    let vars: Vec<String> = (0..5)
+        .map(|i| format!("BIG{i}={}", "x".repeat(100 * 1024)))
+        .collect();
+    let arg = "y".repeat(100 * 1024);
+    let mut opts = vec!["--rm"];
+    for v in &vars {
+        opts.extend(["-e", v.as_str()]);
+    }
+    let script = "echo ${#BIG0}:${#BIG4}:${#1}; \
+                  ip -o link show lo | grep -c LOWER_UP; \
+                  nc -l -p 5000 > /tmp/got & sleep 0.3; \
+                  echo over-loopback | nc -w 1 127.0.0.1 5000; sleep 0.3; cat /tmp/got";
+    let out = env.run(&opts, &["sh", "-c", script, "sh", &arg]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(
+        stdout, "102400:102400:102400\n1\nover-loopback\n",
+        "stderr: {stderr}"
+    );
+
+    // 9 MiB of environment (from a file: the host's own ARG_MAX is 2 MiB): one clear
+    // line, in well under a boot's time.
+    let file = env.root.path().join("huge.env");
+    std::fs::write(&file, format!("HUGE={}\n", "z".repeat(9 << 20))).unwrap();
+    let t = Instant::now();
+    let out = env.run(&["--rm", "--env-file", file.to_str().unwrap()], &["true"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(stderr.contains("a VM takes at most"), "stderr: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "stderr: {stderr}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(env.leftover_processes().is_empty());
+}
+
+/// --cpus and --memory are checked against the host before booting; rounding is said.
+fn vm_size_is_checked_and_rounding_said(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    let too_many = (host_cpus + 1).to_string();
+    let t = Instant::now();
+    let out = env.run(&["--rm", "--cpus", &too_many], &["true"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!("this host has {host_cpus} CPUs")),
+        "stderr: {stderr}"
+    );
+    let out = env.run(&["--rm", "--memory", "100000g"], &["true"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(stderr.contains("MiB of memory"), "stderr: {stderr}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    let out = env.run(
+        &["--rm", "--cpus", "0.5", "--memory", "32m"],
+        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(stdout.starts_with("1\n"), "stdout: {stdout}");
+    let kib: u64 = stdout
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!((60_000..100_000).contains(&kib), "MemTotal {kib} kB");
+    assert!(stderr.contains("it gets 1"), "stderr: {stderr}");
+    assert!(stderr.contains("raised to 96m"), "stderr: {stderr}");
+}
+
+/// Ctrl-C (SIGINT to vessel's whole process group, as a terminal sends it) reaches the
+/// container's process, whose trap decides the exit code; the VMM is not in that group.
+/// With `-t`, the end of piped stdin reaches the guest's terminal as end of input.
+fn signals_reach_the_process_and_tty_input_ends(vmm: &str) {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let Some(env) = setup(vmm) else { return };
+    let mut cmd = env.run_cmd(
+        &["--rm"],
+        &[
+            "sh",
+            "-c",
+            "trap 'echo got-INT; exit 7' INT; echo ready; sleep 100 & wait",
+        ],
+    );
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    // SAFETY: kill with a negative pid signals the process group made above.
+    assert_eq!(unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) }, 0);
+    assert_eq!(lines.next().unwrap().unwrap(), "got-INT");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(7), "stderr: {err}");
+    assert!(env.leftover_processes().is_empty());
+
+    let mut child = env
+        .run_cmd(
+            &["--rm", "-i", "-t"],
+            &["sh", "-c", "cat >/dev/null; echo done"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo-without-newline")
+        .unwrap();
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}");
+    assert!(stdout.contains("done"), "stdout: {stdout}");
+    assert!(
+        t.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
 /// The host's CPU flags (the first `flags` line of a /proc/cpuinfo).
 fn cpu_flags(cpuinfo: &str) -> Vec<String> {
     cpuinfo
@@ -555,6 +696,9 @@ on_both_backends!(
     writes_are_per_container,
     detached_lifecycle,
     broken_kernel_cmdline_fails_fast,
-    vmm_crash_and_boot_timeout_are_reported;
+    vmm_crash_and_boot_timeout_are_reported,
+    large_starts_and_loopback,
+    vm_size_is_checked_and_rounding_said,
+    signals_reach_the_process_and_tty_input_ends;
     builtin only: guest_keeps_the_hosts_vector_extensions,
 );

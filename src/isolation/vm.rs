@@ -47,6 +47,98 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The VM backend.
 pub struct VmBackend;
 
+/// What the host can give a VM.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    /// CPUs this process may run on.
+    pub cpus: usize,
+    /// Physical memory, in MiB.
+    pub memory_mib: u64,
+}
+
+/// This host's CPUs (those vessel may run on) and memory.
+pub fn host_limits() -> HostLimits {
+    let memory_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib >> 10);
+    HostLimits {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_mib,
+    }
+}
+
+/// A VM's size from `--cpus` and `--memory`, with a note for each value that was rounded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSize {
+    /// vCPUs.
+    pub cpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// What was rounded, for the user.
+    pub notes: Vec<String>,
+}
+
+/// `--cpus` is the vCPU count (rounded up to whole vCPUs) and `--memory` the guest's RAM
+/// (at least what the guest kernel boots in). Values no VM here can have are refused: a
+/// guest with more vCPUs than the host has CPUs crawls (and under TCG pegs every core until
+/// the boot times out), and more memory than the host has is promised, not there.
+pub fn size_of(r: &super::Resources, host: &HostLimits) -> Result<VmSize, String> {
+    let mut notes = Vec::new();
+    let cpus = match r.cpus {
+        None => 1,
+        Some(c) if c.is_nan() || c <= 0.0 => {
+            return Err(format!("--cpus {c}: must be more than 0"))
+        }
+        Some(c) => {
+            let whole = c.ceil();
+            if whole > host.cpus as f64 || whole > vessel_vmm::config::MAX_VCPUS as f64 {
+                return Err(format!(
+                    "--cpus {c}: a VM here can have at most {} vCPUs (this host has {} CPUs)",
+                    host.cpus.min(vessel_vmm::config::MAX_VCPUS as usize),
+                    host.cpus
+                ));
+            }
+            if whole != c {
+                notes.push(format!("--cpus {c}: a VM has whole vCPUs; it gets {whole}"));
+            }
+            whole as u8
+        }
+    };
+    let memory_mib = match r.memory {
+        None => DEFAULT_MEMORY_MIB,
+        Some(b) => {
+            let mib = b.div_ceil(1 << 20);
+            if mib > host.memory_mib {
+                return Err(format!(
+                    "--memory {mib}m: more than this host's {} MiB of memory",
+                    host.memory_mib
+                ));
+            }
+            if mib < MIN_MEMORY_MIB as u64 {
+                notes.push(format!(
+                    "--memory {mib}m: raised to {MIN_MEMORY_MIB}m, the least the guest kernel boots in"
+                ));
+                MIN_MEMORY_MIB
+            } else {
+                if b % (1 << 20) != 0 {
+                    notes.push(format!("--memory: rounded up to {mib}m (whole MiB)"));
+                }
+                mib as u32
+            }
+        }
+    };
+    Ok(VmSize {
+        cpus,
+        memory_mib,
+        notes,
+    })
+}
+
 fn unavailable(msg: impl std::fmt::Display) -> IsolationError {
     IsolationError::Unavailable(format!("VM isolation: {msg}"))
 }
@@ -211,6 +303,22 @@ impl Backend for VmBackend {
     fn start(&self, spec: &LaunchSpec, stdio: Stdio) -> Result<Box<dyn Process>, IsolationError> {
         let begin = Instant::now();
         let debug = spec.vm.debug;
+        let rootfs = RootfsSpec {
+            hostname: spec.process.hostname.clone(),
+            readonly: spec.read_only,
+        };
+        let start = Message::Start {
+            stream: 0,
+            spec: agent_spec(&spec.process, Some(rootfs)),
+        };
+        // Refused before anything boots: the codec would refuse it after.
+        vessel_agent::frame::encode(&start)
+            .map_err(|e| IsolationError::runtime("starting the container's process", e))?;
+        let size = size_of(&spec.resources, &host_limits()).map_err(IsolationError::Unavailable)?;
+        for note in &size.notes {
+            eprintln!("vessel: {note}");
+        }
+        let (cpus, memory_mib) = (size.cpus, size.memory_mib);
         let choice = choice::choose(&spec.vm.vmm).map_err(unavailable)?;
         let root = state_root(&spec.dir);
         let kernel =
@@ -239,16 +347,6 @@ impl Backend for VmBackend {
             .map_err(|e| IsolationError::runtime("preparing the image disk", e))?;
         let container_disk = disk::create_container_disk(&spec.dir)
             .map_err(|e| IsolationError::runtime("creating the container disk", e))?;
-        let memory_mib = spec
-            .resources
-            .memory
-            .map(|b| (b >> 20).clamp(MIN_MEMORY_MIB as u64, 1 << 20) as u32)
-            .unwrap_or(DEFAULT_MEMORY_MIB);
-        let cpus = spec
-            .resources
-            .cpus
-            .map(|c| c.ceil().clamp(1.0, 64.0) as u8)
-            .unwrap_or(1);
         let channel_path = socket_path::socket_path(&spec.dir, "agent.sock")
             .map_err(|e| IsolationError::io("naming the agent socket", e))?;
         let mspec = MachineSpec {
@@ -290,14 +388,7 @@ impl Backend for VmBackend {
             .map_err(|e| IsolationError::io("the VM channel", e))?;
         let mux = Mux::start(channel).map_err(|e| IsolationError::io("the VM channel", e))?;
         mux.attach_local(0, end.clone());
-        let rootfs = RootfsSpec {
-            hostname: spec.process.hostname.clone(),
-            readonly: spec.read_only,
-        };
-        let started = if mux.send(&Message::Start {
-            stream: 0,
-            spec: agent_spec(&spec.process, Some(rootfs)),
-        }) {
+        let started = if mux.send(&start) {
             end.wait_started(START_TIMEOUT)
         } else {
             Err("the VM closed the agent channel".into())
@@ -392,5 +483,59 @@ impl Backend for VmBackend {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::isolation::Resources;
+
+    const HOST: HostLimits = HostLimits {
+        cpus: 2,
+        memory_mib: 24 * 1024,
+    };
+
+    fn size(cpus: Option<f64>, memory: Option<u64>) -> Result<VmSize, String> {
+        size_of(
+            &Resources {
+                cpus,
+                memory,
+                pids: None,
+            },
+            &HOST,
+        )
+    }
+
+    #[test]
+    fn defaults_and_whole_values_pass_quietly() {
+        let s = size(None, None).unwrap();
+        assert_eq!((s.cpus, s.memory_mib), (1, DEFAULT_MEMORY_MIB));
+        assert!(s.notes.is_empty());
+        let s = size(Some(2.0), Some(512 << 20)).unwrap();
+        assert_eq!((s.cpus, s.memory_mib, s.notes.len()), (2, 512, 0));
+    }
+
+    #[test]
+    fn rounding_is_said() {
+        let s = size(Some(0.5), Some(32 << 20)).unwrap();
+        assert_eq!((s.cpus, s.memory_mib), (1, MIN_MEMORY_MIB));
+        assert_eq!(s.notes.len(), 2, "{:?}", s.notes);
+        assert!(s.notes[0].contains("gets 1"), "{:?}", s.notes);
+        assert!(s.notes[1].contains("raised to 96m"), "{:?}", s.notes);
+        let s = size(None, Some((200 << 20) + 1)).unwrap();
+        assert_eq!(s.memory_mib, 201);
+        assert!(s.notes[0].contains("201m"), "{:?}", s.notes);
+    }
+
+    #[test]
+    fn what_the_host_cannot_give_is_refused() {
+        let e = size(Some(64.0), None).unwrap_err();
+        assert!(e.contains("at most 2 vCPUs"), "{e}");
+        assert!(size(Some(2.5), None).is_err());
+        assert!(size(Some(0.0), None).is_err());
+        assert!(size(Some(f64::NAN), None).is_err());
+        let e = size(None, Some(64 << 30)).unwrap_err();
+        assert!(e.contains("24576 MiB"), "{e}");
     }
 }
