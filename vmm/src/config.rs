@@ -43,6 +43,12 @@ pub struct VmConfig {
     /// The virtio-console channel (the agent's `/dev/hvc0`).
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Present the channel as a named generic port of a multiport virtio-console
+    /// (`/dev/vport<N>p0`, named in `/sys/class/virtio-ports/*/name`) instead of the
+    /// guest's console `hvc0`. Writes to a generic port block the guest's writer while
+    /// the host is slow; writes to a console port spin the vCPU.
+    #[serde(default)]
+    pub console_port: Option<String>,
     /// Where the 8250 serial port's output (the kernel log) goes.
     #[serde(default)]
     pub serial: SerialOutput,
@@ -187,6 +193,7 @@ impl VmConfig {
             memory_mib: default_memory_mib(),
             disks: Vec::new(),
             console: ConsoleConfig::None,
+            console_port: None,
             serial: SerialOutput::None,
             timeout_ms: None,
             virtio_mmio_cmdline: false,

@@ -111,7 +111,10 @@ pub fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, V
         devices.push(Box::new(block));
     }
     if let Some(backend) = console_backend(&config.console, config.timeout())? {
-        devices.push(Box::new(Console::new(backend)));
+        devices.push(Box::new(match &config.console_port {
+            Some(name) => Console::with_port(backend, name),
+            None => Console::new(backend),
+        }));
     }
     Ok(devices)
 }

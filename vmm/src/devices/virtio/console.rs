@@ -1,6 +1,9 @@
-//! virtio-console with a single port (no `VIRTIO_CONSOLE_F_MULTIPORT`): the agent
-//! channel. Queue 0 (receiveq) carries host→guest bytes, queue 1 (transmitq)
-//! guest→host bytes.
+//! virtio-console with one port: the agent channel. Queue 0 (receiveq) carries
+//! host→guest bytes, queue 1 (transmitq) guest→host bytes. As [`Console::new`] makes it,
+//! the port is the guest's console (`hvc0`, no `VIRTIO_CONSOLE_F_MULTIPORT`); as
+//! [`Console::with_port`] makes it, the device is multiport with queues 2 and 3 for the
+//! control protocol ([`super::console_control`]) and the port is a named generic port
+//! (`/dev/vport0p0`), which applies back-pressure to the guest's writer properly.
 //!
 //! The host side is a [`ConsoleBackend`]: a connected Unix stream socket, or an
 //! input fd plus an output fd. Nothing here ever blocks the event loop:
@@ -23,6 +26,7 @@ use std::os::unix::net::UnixStream;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
+use super::console_control::{PortControl, CONTROL_LEN, VIRTIO_CONSOLE_F_MULTIPORT};
 use super::{
     read_config_bytes, BackendStatus, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_CONSOLE,
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
@@ -34,6 +38,11 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const MAX_PENDING: usize = 64 * 1024;
 const RX_QUEUE: usize = 0;
 const TX_QUEUE: usize = 1;
+// Multiport only: the control receive queue (device → driver) and transmit queue.
+const CTRL_RX_QUEUE: usize = 2;
+const CTRL_TX_QUEUE: usize = 3;
+// Most bytes of a driver's control message looked at; the header is all that matters.
+const MAX_CONTROL_IN: usize = 64;
 // Chunk for copying guest output through a host buffer: bounds the allocation no
 // matter what length a descriptor claims.
 const TX_CHUNK: usize = 4096;
@@ -42,9 +51,10 @@ pub const MAX_TX_PENDING: usize = 64 * 1024;
 /// Most bytes taken from one transmit chain; Linux sends at most 32 KiB per chain,
 /// so anything beyond this is a hostile driver and is dropped.
 pub const MAX_TX_CHAIN: usize = 1024 * 1024;
-// virtio_console_config: cols, rows, max_nr_ports, emerg_wr; all zero because no
-// feature that uses them is offered.
+// virtio_console_config: cols, rows, max_nr_ports, emerg_wr. Only max_nr_ports is ever
+// set (1, when multiport): no other feature that uses them is offered.
 const CONFIG_LEN: usize = 12;
+const CONFIG_MAX_NR_PORTS: usize = 4;
 
 /// The host end of the console.
 #[derive(Debug)]
@@ -166,6 +176,8 @@ pub struct Console {
     config: [u8; CONFIG_LEN],
     acked_features: u64,
     active: Option<Active>,
+    /// The multiport control conversation, when the port is a named generic port.
+    port: Option<PortControl>,
 }
 
 impl std::fmt::Debug for Console {
@@ -210,7 +222,7 @@ fn queue_err(index: usize) -> impl FnOnce(virtio_queue::Error) -> DeviceError {
 }
 
 impl Console {
-    /// A console talking to `backend`.
+    /// A console talking to `backend`: the guest's `hvc0`.
     pub fn new(backend: ConsoleBackend) -> Self {
         let input_closed = backend.input.is_none();
         Self {
@@ -222,7 +234,107 @@ impl Console {
             config: [0; CONFIG_LEN],
             acked_features: 0,
             active: None,
+            port: None,
         }
+    }
+
+    /// A multiport device with one generic port called `name` talking to `backend`
+    /// (`/dev/vport<N>p0` in the guest, named in `/sys/class/virtio-ports/*/name`).
+    pub fn with_port(backend: ConsoleBackend, name: &str) -> Self {
+        let mut c = Self::new(backend);
+        c.config[CONFIG_MAX_NR_PORTS..CONFIG_MAX_NR_PORTS + 4].copy_from_slice(&1u32.to_le_bytes());
+        let mut port = PortControl::new(name);
+        if c.input_closed {
+            port.host_closed();
+        }
+        c.port = Some(port);
+        c
+    }
+
+    fn queue_count(&self) -> usize {
+        if self.port.is_some() {
+            4
+        } else {
+            2
+        }
+    }
+
+    /// Delivers queued control messages into the driver's control receive buffers.
+    /// Returns whether any chain was used.
+    fn deliver_control(&mut self) -> Result<bool, DeviceError> {
+        let (Some(active), Some(port)) = (self.active.as_mut(), self.port.as_mut()) else {
+            return Ok(false);
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[CTRL_RX_QUEUE];
+        let mut used_any = false;
+        while let Some(msg) = port.front() {
+            let chain = match queue.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => return Err(queue_err(CTRL_RX_QUEUE)(e)),
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let mut written = 0usize;
+            for desc in chain.writable() {
+                let n = (msg.len() - written).min(desc.len() as usize);
+                if n == 0
+                    || mem
+                        .write_slice(&msg[written..written + n], desc.addr())
+                        .is_err()
+                {
+                    break;
+                }
+                written += n;
+            }
+            queue
+                .add_used(mem, head, written as u32)
+                .map_err(queue_err(CTRL_RX_QUEUE))?;
+            port.pop();
+            used_any = true;
+        }
+        Ok(used_any)
+    }
+
+    /// Reads the driver's control messages and answers them.
+    fn process_control(&mut self) -> Result<(), DeviceError> {
+        let (Some(active), Some(port)) = (self.active.as_mut(), self.port.as_mut()) else {
+            return Ok(());
+        };
+        let mem = &active.mem;
+        let queue = &mut active.queues[CTRL_TX_QUEUE];
+        let mut used_any = false;
+        loop {
+            let chain = match queue.iter(mem) {
+                Ok(mut iter) => iter.next(),
+                Err(e) => return Err(queue_err(CTRL_TX_QUEUE)(e)),
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let mut msg = [0u8; MAX_CONTROL_IN];
+            let mut got = 0usize;
+            for desc in chain.readable() {
+                let n = (MAX_CONTROL_IN - got).min(desc.len() as usize);
+                if n == 0 || mem.read_slice(&mut msg[got..got + n], desc.addr()).is_err() {
+                    break;
+                }
+                got += n;
+            }
+            queue
+                .add_used(mem, head, 0)
+                .map_err(queue_err(CTRL_TX_QUEUE))?;
+            used_any = true;
+            if got >= CONTROL_LEN {
+                port.from_driver(&msg[..got]);
+            }
+        }
+        if used_any {
+            self.notify_guest(CTRL_TX_QUEUE)?;
+        }
+        if self.deliver_control()? {
+            self.notify_guest(CTRL_RX_QUEUE)?;
+        }
+        Ok(())
     }
 
     /// Host input bytes read from the backend but not yet delivered to the guest.
@@ -382,6 +494,16 @@ impl Console {
         if used_any {
             self.notify_guest(RX_QUEUE)?;
         }
+        // The host's end of a named port closes once the guest has everything it sent:
+        // the guest's reads then see the end of the stream.
+        if self.input_closed && self.pending.is_empty() {
+            if let Some(port) = self.port.as_mut() {
+                port.host_closed();
+                if self.deliver_control()? {
+                    self.notify_guest(CTRL_RX_QUEUE)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -392,11 +514,16 @@ impl VirtioDevice for Console {
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE, QUEUE_SIZE]
+        &[QUEUE_SIZE; 4][..self.queue_count()]
     }
 
     fn features(&self) -> u64 {
-        (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
+        let multiport = if self.port.is_some() {
+            1u64 << VIRTIO_CONSOLE_F_MULTIPORT
+        } else {
+            0
+        };
+        (1u64 << VIRTIO_F_VERSION_1) | (1u64 << VIRTIO_RING_F_INDIRECT_DESC) | multiport
     }
 
     fn ack_features(&mut self, features: u64) {
@@ -417,9 +544,9 @@ impl VirtioDevice for Console {
         interrupt: VirtioInterrupt,
         queues: Vec<Queue>,
     ) -> Result<(), DeviceError> {
-        if queues.len() != 2 {
+        if queues.len() != self.queue_count() {
             return Err(DeviceError::QueueCount {
-                expected: 2,
+                expected: self.queue_count(),
                 got: queues.len(),
             });
         }
@@ -440,6 +567,13 @@ impl VirtioDevice for Console {
                 }
                 Ok(())
             }
+            CTRL_RX_QUEUE if self.port.is_some() => {
+                if self.deliver_control()? {
+                    self.notify_guest(CTRL_RX_QUEUE)?;
+                }
+                Ok(())
+            }
+            CTRL_TX_QUEUE if self.port.is_some() => self.process_control(),
             _ => Err(DeviceError::NoSuchQueue(index)),
         }
     }
@@ -448,6 +582,9 @@ impl VirtioDevice for Console {
         // Pending host input survives a driver reset: it is still owed to the guest.
         self.active = None;
         self.acked_features = 0;
+        if let Some(port) = self.port.as_mut() {
+            port.reset();
+        }
     }
 
     fn backend_fd(&self) -> Option<RawFd> {
@@ -812,5 +949,84 @@ mod tests {
         let mut cfg = [0xffu8; 12];
         console.read_config(0, &mut cfg);
         assert_eq!(cfg, [0; 12]);
+    }
+    #[test]
+    fn multiport_names_the_port_carries_data_and_says_when_the_host_left() {
+        use super::super::console_control::{decode, encode, event};
+        let mem = two_region_mem();
+        let (mut host, guest_side) = UnixStream::pair().unwrap();
+        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut c = Console::with_port(
+            ConsoleBackend::from_stream(guest_side).unwrap(),
+            "vessel.agent",
+        );
+        assert_eq!(c.queue_max_sizes().len(), 4);
+        assert_ne!(c.features() & (1 << VIRTIO_CONSOLE_F_MULTIPORT), 0);
+        let mut cfg = [0u8; 4];
+        c.read_config(4, &mut cfg);
+        assert_eq!(u32::from_le_bytes(cfg), 1, "max_nr_ports");
+        let qs: Vec<DriverQueue> = (0..4)
+            .map(|i| DriverQueue::new(&mem, QUEUE_BASE + i * 0x1000, QSIZE))
+            .collect();
+        let (interrupt, _irq) = interrupt();
+        c.activate(
+            mem.clone(),
+            interrupt,
+            qs.iter().map(|q| q.device_queue(&mem)).collect(),
+        )
+        .unwrap();
+        // The driver posts control receive buffers, then says it is ready.
+        let ctrl_in: Vec<_> = (0..8u64)
+            .map(|i| desc(DATA_BASE + 0x1000 + i * 0x100, 0x100, WRITE, 0))
+            .collect();
+        qs[2].publish(&mem, 0, &ctrl_in, &(0..8).collect::<Vec<u16>>());
+        let mut sent = 0u16;
+        let mut say = |c: &mut Console, ev: u16, value: u16| {
+            let at = DATA_BASE + u64::from(sent) * 0x10;
+            mem.write_slice(&encode(0, ev, value, &[]), GuestAddress(at))
+                .unwrap();
+            qs[3].publish(&mem, sent, &[desc(at, 8, 0, 0)], &[sent]);
+            sent += 1;
+            c.process_queue(3).unwrap();
+        };
+        let read_ctrl = |i: u16| {
+            let (id, len) = qs[2].used(&mem, i);
+            let mut m = vec![0u8; len as usize];
+            mem.read_slice(
+                &mut m,
+                GuestAddress(DATA_BASE + 0x1000 + u64::from(id) * 0x100),
+            )
+            .unwrap();
+            m
+        };
+        say(&mut c, event::DEVICE_READY, 1);
+        assert_eq!(decode(&read_ctrl(0)).unwrap(), (0, event::DEVICE_ADD, 0));
+        say(&mut c, event::PORT_READY, 1);
+        let name = read_ctrl(1);
+        assert_eq!(decode(&name).unwrap(), (0, event::PORT_NAME, 1));
+        assert_eq!(&name[8..], b"vessel.agent");
+        assert_eq!(decode(&read_ctrl(2)).unwrap(), (0, event::PORT_OPEN, 1));
+        say(&mut c, event::PORT_OPEN, 1);
+        assert!(c.port.as_ref().unwrap().guest_open());
+
+        // Data on the port's own queues, as in the single-port console.
+        mem.write_slice(b"to host", GuestAddress(DATA_BASE + 0x800))
+            .unwrap();
+        qs[1].publish(&mem, 0, &[desc(DATA_BASE + 0x800, 7, 0, 0)], &[0]);
+        c.process_queue(1).unwrap();
+        let mut got = [0u8; 7];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"to host");
+        host.write_all(b"bye").unwrap();
+        host.shutdown(std::net::Shutdown::Write).unwrap();
+        c.process_backend().unwrap();
+        // Input still pending: the host's end is not closed yet.
+        assert_eq!(qs[2].used_idx(&mem), 3);
+        qs[0].publish(&mem, 0, &[desc(DATA_BASE + 0x900, 64, WRITE, 0)], &[0]);
+        c.process_queue(0).unwrap();
+        assert_eq!(qs[0].used(&mem, 0), (0, 3));
+        assert_eq!(qs[2].used_idx(&mem), 4);
+        assert_eq!(decode(&read_ctrl(3)).unwrap(), (0, event::PORT_OPEN, 0));
+        assert!(c.process_queue(4).is_err());
     }
 }

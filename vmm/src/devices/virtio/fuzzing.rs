@@ -227,13 +227,23 @@ pub fn fuzz_block(data: &[u8]) {
     }
 }
 
-/// Feeds one fuzz input through virtio-console's transmit and receive paths.
+/// Feeds one fuzz input through virtio-console's transmit and receive paths, and (for a
+/// multiport device, chosen by the input) its control queues.
 pub fn fuzz_console(data: &[u8]) {
     let mut input = Input { data };
     let mem = memory();
     fill_memory(&mem, data);
+    let multiport = input.u8() & 1 == 1;
     let rx = build_queue(&mem, &mut input, 0x100, false);
     let tx = build_queue(&mem, &mut input, 0x4000, false);
+    let ctrl = if multiport {
+        vec![
+            build_queue(&mem, &mut input, 0x6000, false),
+            build_queue(&mem, &mut input, 0x7000, false),
+        ]
+    } else {
+        Vec::new()
+    };
     let (mut host, guest) = UnixStream::pair().expect("socketpair");
     host.set_nonblocking(true).expect("nonblocking");
     let host_input_len = usize::from(input.u8()) * 37;
@@ -248,20 +258,24 @@ pub fn fuzz_console(data: &[u8]) {
     if input.u8() & 1 == 1 {
         let _ = host.shutdown(std::net::Shutdown::Write);
     }
-    let mut console = Console::new(ConsoleBackend::from_stream(guest).expect("backend"));
+    let backend = ConsoleBackend::from_stream(guest).expect("backend");
+    let mut console = if multiport {
+        Console::with_port(backend, "vessel.agent")
+    } else {
+        Console::new(backend)
+    };
     // Backend input before the driver is up must wait.
     let _ = console.process_backend();
-    if console
-        .activate(
-            mem.clone(),
-            interrupt(),
-            vec![device_queue(&rx), device_queue(&tx)],
-        )
-        .is_err()
-    {
+    let mut queues = vec![device_queue(&rx), device_queue(&tx)];
+    queues.extend(ctrl.iter().map(device_queue));
+    if console.activate(mem.clone(), interrupt(), queues).is_err() {
         return;
     }
     for _ in 0..(1 + input.u8() % 3) {
+        if multiport {
+            let _ = console.process_queue(3);
+            let _ = console.process_queue(2);
+        }
         let _ = console.process_queue(1);
         let _ = console.process_backend();
         let _ = console.process_queue(0);

@@ -7,6 +7,7 @@
 
 pub mod block;
 pub mod console;
+pub mod console_control;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
