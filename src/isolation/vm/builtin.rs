@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vessel_agent::channel::AGENT_PORT;
 use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
 use vessel_vmm::config::{ConsoleConfig, DiskConfig, SerialOutput, VmConfig};
@@ -63,6 +64,7 @@ fn vm_config(spec: &MachineSpec) -> VmConfig {
             path: spec.channel.clone(),
             listen: false,
         },
+        console_port: Some(AGENT_PORT.into()),
         serial: SerialOutput::File {
             path: spec.console_log.clone(),
         },

@@ -2,6 +2,7 @@
 //! guest through ACPI, KVM acceleration where it boots Linux, TCG emulation elsewhere.
 
 use std::process::Command;
+use vessel_agent::channel::AGENT_PORT;
 use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
 use super::machine_spec::MachineSpec;
@@ -48,13 +49,16 @@ pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
         .arg(format!(
             "virtio-blk-device,drive=container,serial={CONTAINER_SERIAL}"
         ))
-        .args(["-device", "virtio-serial-device"])
+        // A generic port, not a virtconsole: QEMU drops console output its socket cannot
+        // take at once, and throttles (back-pressure to the guest's writer) only ports.
+        .args(["-device", "virtio-serial-device,max_ports=2"])
         .arg("-chardev")
         .arg(format!(
             "socket,id=agent,path={}",
             qemu_escape(&spec.channel.to_string_lossy())
         ))
-        .args(["-device", "virtconsole,chardev=agent"]);
+        .arg("-device")
+        .arg(format!("virtserialport,chardev=agent,name={AGENT_PORT}"));
     c
 }
 
