@@ -5,6 +5,7 @@
 mod common;
 mod vm_support;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::io::Write;
@@ -724,6 +725,121 @@ fn slow_reader_gets_every_byte(vmm: &str) {
     assert!(max_rss < 48 * 1024, "vessel grew to {max_rss} KiB");
 }
 
+/// A write the host cannot store (its disk is full) is an I/O error in the guest, never a
+/// paused VM (QEMU pauses on ENOSPC by default); a VM that answers nothing (here: its VMM
+/// stopped with SIGSTOP) is still ended by `kill`, `stop` and `rm -f`, and a signal that
+/// was not delivered is reported as such, never as done.
+fn full_disk_and_unresponsive_vms(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    // The container disks live under containers/: put that on a 24 MB tmpfs.
+    let containers = env.root.path().join("containers");
+    std::fs::create_dir_all(&containers).unwrap();
+    let small = SmallFs::mount(&containers, "24m");
+    let mut child = env
+        .run_cmd(
+            &["--rm"],
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/big bs=1M count=40 conv=fsync 2>/dev/null; echo dd=$?",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            panic!("a VM writing more than the host can store hung");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stdout.starts_with("dd=") && stdout != "dd=0\n",
+        "stdout: {stdout}"
+    );
+    drop(small);
+    assert!(env.leftover_processes().is_empty());
+
+    let stopped_vm = |name: &str| -> i32 {
+        let out = env.run(&["-d", "--name", name], &["sleep", "1000"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let pid: i32 = std::fs::read_to_string(containers.join(&id).join("vmm.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // SAFETY: kill with a pid read from the container's own pid file.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        pid
+    };
+    let state = |name: &str| -> serde_json::Value {
+        let out = env.cmd(&["ps", "-a", "--format", "json"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["Names"] == name)
+            .unwrap_or_default()
+    };
+    let vmm = stopped_vm("hung");
+    let out = env.cmd(&["kill", "-s", "TERM", "hung"]).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a TERM nobody got was reported sent"
+    );
+    assert!(stderr.contains("did not confirm the signal"), "{stderr}");
+    assert_eq!(state("hung")["State"], "running");
+    let out = env.cmd(&["kill", "hung"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "kill: {}", text(&out).1);
+    assert_eq!(state("hung")["State"], "exited", "kill returned first");
+    assert_eq!(state("hung")["ExitCode"], 137);
+    assert!(
+        !Path::new(&format!("/proc/{vmm}")).exists(),
+        "the VMM survived"
+    );
+    let _ = stopped_vm("hung2");
+    let out = env.cmd(&["rm", "-f", "hung", "hung2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "rm -f: {}", text(&out).1);
+    assert!(
+        env.container_dirs().is_empty(),
+        "{:?}",
+        env.container_dirs()
+    );
+    assert!(env.leftover_processes().is_empty());
+}
+
+/// A small tmpfs mounted over a directory for the length of a test.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs on {}", dir.display());
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 /// The host's CPU flags (the first `flags` line of a /proc/cpuinfo).
 fn cpu_flags(cpuinfo: &str) -> Vec<String> {
     cpuinfo
@@ -778,6 +894,7 @@ on_both_backends!(
     large_starts_and_loopback,
     vm_size_is_checked_and_rounding_said,
     signals_reach_the_process_and_tty_input_ends,
-    slow_reader_gets_every_byte;
+    slow_reader_gets_every_byte,
+    full_disk_and_unresponsive_vms;
     builtin only: guest_keeps_the_hosts_vector_extensions,
 );

@@ -243,6 +243,10 @@ mod tests {
                 stream: 0,
                 signal: 15,
             },
+            Message::Signaled {
+                stream: 2,
+                result: 3,
+            },
             Message::Resize {
                 stream: 0,
                 rows: 24,

@@ -41,6 +41,8 @@ pub mod kind {
     pub const SPAWN_ERROR: u8 = 11;
     /// Host → agent: power off now.
     pub const SHUTDOWN: u8 = 12;
+    /// Agent → host: a signal was delivered (0) or could not be (an errno).
+    pub const SIGNALED: u8 = 14;
     /// Host → agent: the leading part of a start request too large for one frame; the
     /// `START` frame that follows on the same stream carries the rest (frame layer only).
     pub const START_PART: u8 = 13;
@@ -161,6 +163,15 @@ pub enum Message {
         /// Signal number.
         signal: i32,
     },
+    /// Agent → host: what became of a `Signal`: 0 when delivered, else the errno of
+    /// `kill(2)` (`ESRCH`: the process is gone). Lets `vessel kill` report what happened
+    /// rather than what it asked for.
+    Signaled {
+        /// The stream.
+        stream: StreamId,
+        /// 0, or an errno.
+        result: i32,
+    },
     /// Host → agent: resize the process's terminal.
     Resize {
         /// The stream.
@@ -228,6 +239,7 @@ impl Message {
             | Message::Stdout { stream, .. }
             | Message::Stderr { stream, .. }
             | Message::Signal { stream, .. }
+            | Message::Signaled { stream, .. }
             | Message::Resize { stream, .. }
             | Message::Exit { stream, .. }
             | Message::SpawnError { stream, .. } => *stream,
@@ -246,6 +258,9 @@ impl Message {
             Message::Stdout { data, .. } => (kind::STDOUT, stream, data.clone()),
             Message::Stderr { data, .. } => (kind::STDERR, stream, data.clone()),
             Message::Signal { signal, .. } => (kind::SIGNAL, stream, signal.to_le_bytes().to_vec()),
+            Message::Signaled { result, .. } => {
+                (kind::SIGNALED, stream, result.to_le_bytes().to_vec())
+            }
             Message::Resize { rows, cols, .. } => {
                 let mut p = rows.to_le_bytes().to_vec();
                 p.extend_from_slice(&cols.to_le_bytes());
@@ -304,6 +319,10 @@ impl Message {
             kind::SIGNAL => Message::Signal {
                 stream,
                 signal: i32::from_le_bytes(fixed("signal", p)?),
+            },
+            kind::SIGNALED => Message::Signaled {
+                stream,
+                result: i32::from_le_bytes(fixed("signaled", p)?),
             },
             kind::RESIZE => {
                 let b: [u8; 4] = fixed("resize", p)?;

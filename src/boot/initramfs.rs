@@ -42,7 +42,7 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
         stamp(m).hash(&mut h);
     }
     modules::NEEDED.hash(&mut h);
-    let dir = root.join("boot");
+    let dir = super::cache_dir(root);
     let path = dir.join(format!("initramfs-{:016x}.cpio", h.finish()));
     if path.is_file() {
         return Ok(Initramfs { path, agent });

@@ -8,7 +8,17 @@ pub mod kernel;
 pub mod modules;
 pub mod vmlinux;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Where packed initramfs archives and unpacked kernels are cached: `$VESSEL_BOOT_CACHE`,
+/// else `<root>/boot`. Entries are keyed by what they were made from and written
+/// atomically, so several state roots (a test suite's) may share one directory.
+pub fn cache_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("VESSEL_BOOT_CACHE").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => root.join("boot"),
+    }
+}
 
 /// Failures while finding or preparing boot assets.
 #[derive(Debug, thiserror::Error)]

@@ -186,7 +186,7 @@ fn stamp(p: &Path) -> (u64, Option<std::time::SystemTime>) {
 }
 
 /// The image to boot for `image`: an ELF vmlinux with a PVH entry point (unpacked from the
-/// bzImage and cached under `<root>/boot`), or `image` itself when it cannot be had.
+/// bzImage and cached in [`super::cache_dir`]), or `image` itself when it cannot be had.
 pub fn boot_image(root: &Path, image: &Path) -> Result<PathBuf, BootError> {
     if std::env::var_os("VESSEL_KERNEL_UNPACK").is_some_and(|v| v == "0") {
         return Ok(image.to_path_buf());
@@ -195,7 +195,7 @@ pub fn boot_image(root: &Path, image: &Path) -> Result<PathBuf, BootError> {
     FORMAT.hash(&mut h);
     image.hash(&mut h);
     stamp(image).hash(&mut h);
-    let dir = root.join("boot");
+    let dir = super::cache_dir(root);
     let cached = dir.join(format!("vmlinux-{:016x}", h.finish()));
     // A kernel that cannot be unpacked is remembered too, so that runs do not retry.
     let unusable = cached.with_extension("bzimage-only");

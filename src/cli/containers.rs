@@ -782,6 +782,30 @@ fn for_each(refs: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<Ex
     })
 }
 
+/// How long a container may take to end after a delivered SIGKILL (a VM's guest still
+/// reports the exit and powers off) before vessel kills it from the outside.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// Ends a running container for good, and only then returns `Ok`: SIGKILL to its process,
+/// and where that does not end it (the signal was not delivered: a hung, stopped or
+/// full-disk VM; or the process outlived it), the backend's `kill_now`.
+fn end_for_good(root: &Path, records: &Records, store: &Store, r: &Record) -> Result<()> {
+    let backend = isolation::backend(kind(r));
+    let t = target(root, r);
+    let delivered = backend.signal(&t, libc::SIGKILL).is_ok();
+    if delivered && wait_stopped(root, records, store, &r.id, KILL_GRACE) {
+        return Ok(());
+    }
+    backend
+        .kill_now(&t)
+        .with_context(|| format!("killing {}", r.name))?;
+    if wait_stopped(root, records, store, &r.id, KILL_GRACE) {
+        Ok(())
+    } else {
+        bail!("container {} did not stop", r.name)
+    }
+}
+
 /// `vessel stop`.
 pub fn stop(root: &Path, args: StopArgs) -> Result<ExitCode> {
     let root = &absolute(root)?;
@@ -792,34 +816,35 @@ pub fn stop(root: &Path, args: StopArgs) -> Result<ExitCode> {
             return Ok(());
         }
         let backend = isolation::backend(kind(&r));
-        let _ = backend.signal(&target(root, &r), libc::SIGTERM);
-        if wait_stopped(
-            root,
-            &records,
-            &store,
-            &r.id,
-            Duration::from_secs(args.time),
-        ) {
+        // An undelivered SIGTERM (an unresponsive VM) has nothing to wait for.
+        if backend.signal(&target(root, &r), libc::SIGTERM).is_ok()
+            && wait_stopped(
+                root,
+                &records,
+                &store,
+                &r.id,
+                Duration::from_secs(args.time),
+            )
+        {
             return Ok(());
         }
-        let _ = backend.signal(&target(root, &r), libc::SIGKILL);
-        if wait_stopped(root, &records, &store, &r.id, Duration::from_secs(10)) {
-            Ok(())
-        } else {
-            bail!("container {c} did not stop")
-        }
+        end_for_good(root, &records, &store, &r)
     })
 }
 
-/// `vessel kill`.
+/// `vessel kill`: succeeds only for signals that were delivered; a SIGKILL succeeds only
+/// once the container has ended.
 pub fn kill(root: &Path, args: KillArgs) -> Result<ExitCode> {
     let root = &absolute(root)?;
-    let (_store, records) = open(root)?;
+    let (store, records) = open(root)?;
     let sig = parse_signal(&args.signal)?;
     for_each(&args.containers, |c| {
         let r = records.find(c)?;
         if r.state != State::Running {
             bail!("container {c} is not running");
+        }
+        if sig == libc::SIGKILL {
+            return end_for_good(root, &records, &store, &r);
         }
         isolation::backend(kind(&r))
             .signal(&target(root, &r), sig)
@@ -837,10 +862,7 @@ pub fn rm(root: &Path, args: RmArgs) -> Result<ExitCode> {
             if !args.force {
                 bail!("container {c} is running: stop it first or use rm -f");
             }
-            let _ = isolation::backend(kind(&r)).signal(&target(root, &r), libc::SIGKILL);
-            if !wait_stopped(root, &records, &store, &r.id, Duration::from_secs(10)) {
-                bail!("container {c} did not stop");
-            }
+            end_for_good(root, &records, &store, &r)?;
         }
         match records.get(&r.id)? {
             Some(r) => recovery::remove(root, &records, &store, &r)

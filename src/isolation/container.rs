@@ -216,6 +216,17 @@ impl Backend for ContainerBackend {
         Ok(())
     }
 
+    fn kill_now(&self, target: &Target) -> Result<(), IsolationError> {
+        // Every process of the container's cgroup, the main one first: its end ends the
+        // PID namespace, and with it everything a SIGKILL could not reach on its own.
+        if let Some(pid) = target.pid {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        cgroup::kill_all(&target.id);
+        Ok(())
+    }
+
     fn cleanup(&self, target: &Target) -> Result<(), IsolationError> {
         let state = runtime_dir(&target.dir).join(&target.id);
         if state.join("state.json").exists() {

@@ -185,6 +185,10 @@ pub enum IsolationError {
         /// What went wrong.
         message: String,
     },
+    /// The container did not answer (a hung or stopped VM): only
+    /// [`Backend::kill_now`] can end it.
+    #[error("{0}")]
+    Unresponsive(String),
     /// A host I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -253,7 +257,13 @@ pub trait Backend {
         stdio: Stdio,
     ) -> Result<Box<dyn Process>, IsolationError>;
     /// Signals a container's main process from any vessel process (not only its supervisor).
+    /// `Ok` means the signal was delivered, not only asked for.
     fn signal(&self, target: &Target, signal: i32) -> Result<(), IsolationError>;
+    /// Ends a running container at once, whatever its processes (or its VM) do, from any
+    /// vessel process: what `kill -s KILL`, `stop` and `rm -f` fall back to when the
+    /// container does not end by a signal. The supervisor then records the end as a
+    /// SIGKILL.
+    fn kill_now(&self, target: &Target) -> Result<(), IsolationError>;
     /// Releases everything the container holds on the host except its directory
     /// (processes, mounts, cgroups, runtime state). Idempotent; also used after a crash.
     fn cleanup(&self, target: &Target) -> Result<(), IsolationError>;

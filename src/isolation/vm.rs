@@ -143,6 +143,26 @@ fn unavailable(msg: impl std::fmt::Display) -> IsolationError {
     IsolationError::Unavailable(format!("VM isolation: {msg}"))
 }
 
+/// The pid of this container's VMM, if it runs: the pid file's, checked against the
+/// process's command line (which names the container directory), so that a reused pid is
+/// never taken for it.
+fn own_vmm(dir: &Path) -> Option<i32> {
+    let pid = std::fs::read_to_string(machine::pid_file(dir))
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&cmdline)
+        .contains(dir.to_string_lossy().as_ref())
+        .then_some(pid)
+}
+
+/// Present while a VM is being killed on purpose (`kill_now`).
+pub(crate) fn killed_marker(dir: &Path) -> PathBuf {
+    dir.join("killed")
+}
+
 /// The guest's view of the process spec.
 fn agent_spec(p: &ProcessSpec, rootfs: Option<RootfsSpec>) -> vessel_agent::ProcessSpec {
     vessel_agent::ProcessSpec {
@@ -445,33 +465,57 @@ impl Backend for VmBackend {
                 ),
             )
         })?;
-        FrameWriter::new(conn)
+        let unanswered = || {
+            IsolationError::Unresponsive(format!(
+                "the VM did not confirm the signal within {:?} (hung, stopped or out of disk?); \
+                 `vessel kill -s KILL` ends it",
+                mux::SIGNAL_ANSWER_TIMEOUT
+            ))
+        };
+        let io = |e| IsolationError::io("signalling the VM", e);
+        FrameWriter::new(conn.try_clone().map_err(io)?)
             .write(&Message::Signal { stream: 0, signal })
-            .map_err(|e| IsolationError::runtime("signalling the VM", e))
+            .map_err(|e| IsolationError::runtime("signalling the VM", e))?;
+        conn.set_read_timeout(Some(mux::SIGNAL_ANSWER_TIMEOUT + Duration::from_secs(1)))
+            .map_err(io)?;
+        match vessel_agent::FrameReader::new(conn).read() {
+            Ok(Some(Message::Signaled { result: 0, .. })) => Ok(()),
+            Ok(Some(Message::Signaled { result, .. })) if result == libc::ESRCH => Err(
+                IsolationError::runtime("signalling the VM", "its process has already exited"),
+            ),
+            Ok(Some(Message::Signaled { result, .. })) => {
+                Err(io(std::io::Error::from_raw_os_error(result)))
+            }
+            _ => Err(unanswered()),
+        }
+    }
+
+    fn kill_now(&self, target: &Target) -> Result<(), IsolationError> {
+        // The supervisor sees its VMM die; this tells it the death was asked for.
+        std::fs::write(killed_marker(&target.dir), b"")
+            .map_err(|e| IsolationError::io("marking the VM as killed", e))?;
+        if let Some(pid) = own_vmm(&target.dir) {
+            // SAFETY: kill takes plain integers; the pid was checked to be our VMM.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        Ok(())
     }
 
     fn cleanup(&self, target: &Target) -> Result<(), IsolationError> {
         let pidf = machine::pid_file(&target.dir);
-        if let Some(pid) = std::fs::read_to_string(&pidf)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            // Only a VMM of this container: its command line names the container directory.
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let dir = target.dir.to_string_lossy();
-            if !cmdline.is_empty() && String::from_utf8_lossy(&cmdline).contains(dir.as_ref()) {
-                // SAFETY: kill takes plain integers; the pid was checked to be our VMM.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                    // SAFETY: reaping our own child if it is one; harmless otherwise.
-                    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+        if let Some(pid) = own_vmm(&target.dir) {
+            // SAFETY: kill takes plain integers; the pid was checked to be our VMM.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                // SAFETY: reaping our own child if it is one; harmless otherwise.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         for f in [
             pidf,
+            killed_marker(&target.dir),
             mux::control_socket(&target.dir),
             target.dir.join("agent.sock"),
             target.dir.join("vmm.json"),

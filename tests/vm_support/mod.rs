@@ -103,11 +103,17 @@ pub fn setup(vmm: &str) -> Option<VmEnv> {
 }
 
 impl VmEnv {
-    /// `vessel --root R ARGS` with the VM environment (kernel, agent) set.
+    /// `vessel --root R ARGS` with the VM environment (kernel, agent) set. The boot cache
+    /// (the unpacked kernel, the initramfs) is shared by every test's root: unpacking the
+    /// kernel anew for each one costs seconds, tens of them in the nested-KVM guest.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.root.cmd();
         c.env("VESSEL_KERNEL", KERNEL_DIR)
             .env("VESSEL_AGENT", &self.agent)
+            .env(
+                "VESSEL_BOOT_CACHE",
+                std::env::temp_dir().join("vessel-test-boot-cache"),
+            )
             .env_remove("VESSEL_KERNEL_ARGS")
             .args(args)
             .stdin(Stdio::null());

@@ -81,6 +81,22 @@ pub fn oom_killed(id: &str) -> bool {
     }
 }
 
+/// SIGKILLs every process listed in one cgroup directory.
+fn kill_procs(dir: &Path) {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// SIGKILLs every process in the container's cgroups.
+pub fn kill_all(id: &str) {
+    for dir in dirs(id) {
+        kill_procs(&dir);
+    }
+}
+
 /// Kills whatever is left in the container's cgroups and removes them. For the case where
 /// libcontainer's own state is gone (a crash between creating the cgroup and saving state).
 pub fn remove(id: &str) {
@@ -90,11 +106,7 @@ pub fn remove(id: &str) {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+            kill_procs(&dir);
             if std::fs::remove_dir(&dir).is_ok() || !dir.exists() || Instant::now() > deadline {
                 break;
             }

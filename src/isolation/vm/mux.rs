@@ -5,12 +5,16 @@
 //! the control socket (`<container dir>/vm.sock`), renumbered to stream 0 for the client.
 //! The control socket speaks the same frame protocol: a client's first frame is either a
 //! `Start` (an exec session: the frames that follow are its stdin, signals and resizes) or
-//! a `Signal` for the main process (`vessel kill`/`stop` from another process).
+//! a `Signal` for the main process (`vessel kill`/`stop` from another process), which is
+//! answered with the agent's `Signaled` (delivered, or the errno) once the agent has it.
+//! The agent acknowledges every signal of a stream in order, so the acks of the main
+//! process's signals are paired with their senders first in, first out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +33,9 @@ pub struct Mux {
     routes: Mutex<HashMap<StreamId, Route>>,
     next_stream: AtomicU32,
     closed: AtomicBool,
+    /// Who waits for the agent's answer to each signal sent to the main process, in the
+    /// order they were sent (`None`: nobody, e.g. a forwarded Ctrl-C).
+    signal_waiters: Mutex<VecDeque<Option<Sender<i32>>>>,
     /// Why the channel ended, once it has.
     pub end_reason: Mutex<Option<String>>,
 }
@@ -42,6 +49,7 @@ impl Mux {
             routes: Mutex::new(HashMap::new()),
             next_stream: AtomicU32::new(1),
             closed: AtomicBool::new(false),
+            signal_waiters: Mutex::new(VecDeque::new()),
             end_reason: Mutex::new(None),
         });
         let m = mux.clone();
@@ -59,6 +67,21 @@ impl Mux {
             .unwrap_or_else(|p| p.into_inner())
             .write(msg)
             .is_ok()
+    }
+
+    /// Sends `signal` to the main process; the agent's answer (0 or an errno) goes to
+    /// `answer`, if given. False once the channel is gone.
+    pub fn signal_main(&self, signal: i32, answer: Option<Sender<i32>>) -> bool {
+        // Held across the send, so that the waiters are in the order the frames went out.
+        let mut waiters = self
+            .signal_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !self.send(&Message::Signal { stream: 0, signal }) {
+            return false;
+        }
+        waiters.push_back(answer);
+        true
     }
 
     /// Routes `stream`'s guest frames to a local end.
@@ -103,6 +126,17 @@ impl Mux {
     }
 
     fn route(&self, msg: Message) {
+        if let Message::Signaled { stream: 0, result } = msg {
+            let waiter = self
+                .signal_waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            if let Some(Some(tx)) = waiter {
+                let _ = tx.send(result);
+            }
+            return;
+        }
         let stream = msg.stream();
         let ends = matches!(msg, Message::Exit { .. } | Message::SpawnError { .. });
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,7 +193,15 @@ impl Mux {
         let mut reader = FrameReader::new(conn);
         let stream = match reader.read() {
             Ok(Some(Message::Signal { signal, .. })) => {
-                self.send(&Message::Signal { stream: 0, signal });
+                let (tx, rx) = mpsc::channel();
+                if self.signal_main(signal, Some(tx)) {
+                    if let Ok(result) = rx.recv_timeout(SIGNAL_ANSWER_TIMEOUT) {
+                        let _ = writer
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .write(&Message::Signaled { stream: 0, result });
+                    }
+                }
                 return;
             }
             Ok(Some(Message::Start { spec, .. })) => {
@@ -193,6 +235,9 @@ impl Mux {
     }
 }
 
+/// How long a `kill` client's signal may wait for the agent's answer.
+pub const SIGNAL_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// File name of the control socket in a container directory.
 pub const CONTROL_SOCKET: &str = "vm.sock";
 
@@ -211,6 +256,7 @@ pub fn renumber(msg: Message, to: StreamId) -> Message {
         Message::Stdout { data, .. } => Message::Stdout { stream: to, data },
         Message::Stderr { data, .. } => Message::Stderr { stream: to, data },
         Message::Signal { signal, .. } => Message::Signal { stream: to, signal },
+        Message::Signaled { result, .. } => Message::Signaled { stream: to, result },
         Message::Resize { rows, cols, .. } => Message::Resize {
             stream: to,
             rows,

@@ -64,7 +64,7 @@ impl Process for VmProcess {
     }
 
     fn signal(&self, signal: i32) -> Result<(), IsolationError> {
-        if self.mux.send(&Message::Signal { stream: 0, signal }) {
+        if self.mux.signal_main(signal, None) {
             Ok(())
         } else {
             Err(IsolationError::runtime(
@@ -106,6 +106,11 @@ impl Process for VmProcess {
         }
         match result {
             Ok(s) => Ok(exit_of(s)),
+            // `kill_now` ended the VM: as a SIGKILL of the process would have.
+            Err(_) if super::killed_marker(&self.dir).exists() => Ok(Exit {
+                status: ExitStatus::Signaled(libc::SIGKILL),
+                oom_killed: false,
+            }),
             Err(why) => {
                 let why = match vmm_status {
                     Some(st) if !st.success() => format!("{why}; the VMM exited with {st}"),

@@ -33,7 +33,7 @@ pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
         .arg(format!("file:{}", spec.console_log.display()))
         .arg("-drive")
         .arg(format!(
-            "id=image,file={},format=raw,if=none,readonly=on",
+            "id=image,file={},format=raw,if=none,readonly=on,rerror=report",
             qemu_escape(&spec.image_disk.to_string_lossy())
         ))
         .arg("-device")
@@ -41,8 +41,10 @@ pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
             "virtio-blk-device,drive=image,serial={IMAGE_SERIAL}"
         ))
         .arg("-drive")
+        // werror/rerror=report: a write the host cannot store (a full disk) is an I/O
+        // error in the guest. QEMU's default for ENOSPC is to pause the VM, silently.
         .arg(format!(
-            "id=container,file={},format=raw,if=none,cache=unsafe",
+            "id=container,file={},format=raw,if=none,cache=unsafe,werror=report,rerror=report",
             qemu_escape(&spec.container_disk.to_string_lossy())
         ))
         .arg("-device")

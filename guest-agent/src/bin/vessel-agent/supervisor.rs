@@ -120,10 +120,16 @@ pub fn serve(chan: File, _cmdline: &str) -> Result<(), String> {
                 }
             }
             Message::Signal { stream, signal } => {
-                if let Some(p) = state.lock().unwrap().procs.get(&stream) {
+                let pid = state.lock().unwrap().procs.get(&stream).map(|p| p.pid);
+                let result = match pid {
                     // SAFETY: kill takes plain integers.
-                    unsafe { libc::kill(p.pid as libc::pid_t, signal) };
-                }
+                    Some(pid) if unsafe { libc::kill(pid as libc::pid_t, signal) } == 0 => 0,
+                    Some(_) => std::io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EINVAL),
+                    None => libc::ESRCH,
+                };
+                send(&writer, Message::Signaled { stream, result });
             }
             Message::Resize { stream, rows, cols } => {
                 if let Some(t) = state
@@ -153,6 +159,7 @@ fn kind_name(m: &Message) -> &'static str {
         Message::Stderr { .. } => "stderr",
         Message::Exit { .. } => "exit",
         Message::SpawnError { .. } => "spawn-error",
+        Message::Signaled { .. } => "signaled",
         _ => "host",
     }
 }
