@@ -80,11 +80,13 @@ fn output_status_and_own_kernel(vmm: &str) {
         procs < 100 && procs < host_procs,
         "guest sees {procs} processes, host has {host_procs}"
     );
+    // PID 1 is the container's own process, in its own PID namespace (the agent, PID 1
+    // of the guest, is not in it), as in container mode.
     assert!(
-        stdout.contains("vessel-agent\n") || stdout.contains("init\n"),
-        "PID 1 in the guest: {stdout}"
+        stdout.contains("\nsh\n"),
+        "PID 1 in the container: {stdout}"
     );
-    // The orphaned `sleep` was reparented to the agent (PID 1), which reaped it.
+    // The orphaned `sleep` was reparented to the container's PID 1, which reaped it.
     assert!(
         stdout.contains("zombies=0\n"),
         "zombies in the guest: {stdout}"
@@ -102,23 +104,31 @@ fn output_status_and_own_kernel(vmm: &str) {
 }
 
 /// A process killed by a signal reports 128 + the signal; --read-only and --hostname apply.
+/// (The container's PID 1 cannot SIGKILL itself, in a VM as in container mode: the kill
+/// comes from `vessel kill`.)
 fn killed_by_signal(vmm: &str) {
+    use std::io::{BufRead, BufReader};
     let Some(env) = setup(vmm) else { return };
-    let out = env.run(
-        &["--rm", "--read-only", "--hostname", "vm-box"],
-        &[
-            "sh",
-            "-c",
-            "hostname; touch /x 2>/dev/null || echo read-only; kill -9 $$; echo after",
-        ],
-    );
-    let (stdout, stderr) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(137),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
-    assert_eq!(stdout, "vm-box\nread-only\n");
+    let mut child = env
+        .run_cmd(
+            &["--rm", "--read-only", "--hostname", "vm-box", "--name", "sig"],
+            &[
+                "sh",
+                "-c",
+                "hostname; touch /x 2>/dev/null || echo read-only; kill -9 $$; echo ready; sleep 100",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let got: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+    assert_eq!(got, ["vm-box", "read-only", "ready"]);
+    let out = env.cmd(&["kill", "sig"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "kill: {}", text(&out).1);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(137));
 }
 
 /// stdin piped in; -e, -w, -u and --entrypoint override the image's config.
@@ -840,6 +850,61 @@ impl Drop for SmallFs {
     }
 }
 
+/// The workload is confined in the guest as container mode confines it on the host, and
+/// cannot reach the agent: its own PID namespace (the agent is not there to see, signal or
+/// ptrace), no channel or disk device it could open (a node made with mknod is refused by
+/// the device cgroup: a forged "exit 42" frame used to be taken for the process's exit),
+/// docker's capabilities with --cap-add/--cap-drop, no_new_privs and the seccomp filter.
+fn workload_is_confined_and_cannot_reach_the_agent(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let script = r#"
+        echo pids: $(ls /proc | grep '^[0-9]' | tr '\n' ' ')
+        for p in /proc/[0-9]*; do cat $p/comm; done | grep -c -e vessel-agent -e '^init$'
+        ls /dev/hvc0 /dev/vport0p0 /dev/vport0p1 /dev/vda /dev/vdb 2>/dev/null | wc -l
+        for d in /sys/class/virtio-ports/*/dev; do
+            mknod /tmp/port c $(tr : ' ' < $d) && echo made
+            printf '\n\0\0\0\t\0\0\0\0\0*\0\0\0' > /tmp/port 2>/dev/null && echo FORGED
+            rm -f /tmp/port
+        done
+        mknod /tmp/disk b $(tr : ' ' < /sys/block/vda/dev)
+        head -c 1 /tmp/disk >/dev/null 2>&1 && echo READ-THE-DISK
+        grep -E '^(CapBnd|NoNewPrivs|Seccomp):' /proc/self/status
+        hostname other 2>/dev/null && echo SETHOSTNAME
+        exit 3
+    "#;
+    let out = env.run(&["--rm"], &["sh", "-c", script]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("pids: 1 "), "{stdout}");
+    assert_eq!(lines[1], "0", "the agent is visible: {stdout}");
+    assert_eq!(lines[2], "0", "device nodes: {stdout}");
+    assert!(
+        !stdout.contains("FORGED") && !stdout.contains("READ-THE-DISK"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("made"),
+        "mknod itself is allowed (CAP_MKNOD): {stdout}"
+    );
+    // docker's default set, as container mode has it.
+    assert!(stdout.contains("CapBnd:\t00000000a80425fb"), "{stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
+    assert!(!stdout.contains("SETHOSTNAME"), "{stdout}");
+
+    let out = env.run(
+        &["--rm", "--cap-drop", "ALL", "--cap-add", "NET_ADMIN"],
+        &["sh", "-c", "grep ^CapBnd: /proc/self/status"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "CapBnd:\t0000000000001000\n", "stderr: {stderr}");
+}
+
 /// The host's CPU flags (the first `flags` line of a /proc/cpuinfo).
 fn cpu_flags(cpuinfo: &str) -> Vec<String> {
     cpuinfo
@@ -895,6 +960,7 @@ on_both_backends!(
     vm_size_is_checked_and_rounding_said,
     signals_reach_the_process_and_tty_input_ends,
     slow_reader_gets_every_byte,
-    full_disk_and_unresponsive_vms;
+    full_disk_and_unresponsive_vms,
+    workload_is_confined_and_cannot_reach_the_agent;
     builtin only: guest_keeps_the_hosts_vector_extensions,
 );

@@ -218,13 +218,23 @@ mod tests {
             rootfs: Some(RootfsSpec {
                 hostname: "box".into(),
                 readonly: true,
+                masked_paths: vec!["/proc/kcore".into()],
+                readonly_paths: vec!["/proc/sys".into()],
+            }),
+            confinement: Some(crate::message::Confinement {
+                capabilities: vec![0, 5, 21],
+                no_new_privs: true,
+                seccomp: vec![6, 0, 0, 0, 0, 0, 0xff, 0x7f],
             }),
         };
         for msg in [
             Message::Ready {
                 kernel: "6.1.0".into(),
             },
-            Message::Start { stream: 0, spec },
+            Message::Start {
+                stream: 0,
+                spec: Box::new(spec),
+            },
             Message::Started { stream: 3, pid: 42 },
             Message::Stdin {
                 stream: 1,
@@ -365,7 +375,7 @@ mod tests {
     fn big_start(bytes: usize) -> Message {
         Message::Start {
             stream: 4,
-            spec: ProcessSpec {
+            spec: Box::new(ProcessSpec {
                 argv: vec!["echo".into(), "x".repeat(bytes)],
                 env: vec![format!("BIG={}", "y".repeat(bytes / 2))],
                 cwd: "/".into(),
@@ -374,7 +384,8 @@ mod tests {
                 groups: vec![],
                 tty: false,
                 rootfs: None,
-            },
+                confinement: None,
+            }),
         }
     }
 

@@ -12,4 +12,6 @@ pub mod frame;
 pub mod message;
 
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_PAYLOAD};
-pub use message::{ExitStatus, Message, ProcessSpec, RootfsSpec, SpawnErrorKind, StreamId};
+pub use message::{
+    Confinement, ExitStatus, Message, ProcessSpec, RootfsSpec, SpawnErrorKind, StreamId,
+};

@@ -55,6 +55,25 @@ pub struct RootfsSpec {
     pub hostname: String,
     /// Mount the overlay read-only (`--read-only`).
     pub readonly: bool,
+    /// Paths hidden from the container (runc's: `/proc/kcore` and the like): a file gets
+    /// `/dev/null` over it, a directory an empty read-only tmpfs.
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    /// Paths the container sees read-only (runc's: `/proc/sys` and the like).
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+}
+
+/// What confines a container's process, as container mode confines it on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// Capability numbers the process may hold (its bounding set); every other is dropped.
+    pub capabilities: Vec<u32>,
+    /// Set `no_new_privs` (setuid binaries then gain nothing).
+    pub no_new_privs: bool,
+    /// A seccomp program (`struct sock_filter` entries, 8 bytes each) to load right
+    /// before exec; empty for none.
+    pub seccomp: Vec<u8>,
 }
 
 /// A process to run, already resolved by the host from the image config and the flags.
@@ -76,6 +95,10 @@ pub struct ProcessSpec {
     pub tty: bool,
     /// Present on the first start only: how to build the root filesystem.
     pub rootfs: Option<RootfsSpec>,
+    /// Capabilities, no_new_privs and seccomp; without it the process runs with the
+    /// agent's full privileges (only the codec's tests build such a spec).
+    #[serde(default)]
+    pub confinement: Option<Confinement>,
 }
 
 /// How a process ended.
@@ -120,8 +143,8 @@ pub enum Message {
     Start {
         /// Stream the process's frames will use.
         stream: StreamId,
-        /// What to run.
-        spec: ProcessSpec,
+        /// What to run (boxed: it is by far the largest message).
+        spec: Box<ProcessSpec>,
     },
     /// Agent → host: the process runs with this guest pid.
     Started {
@@ -294,7 +317,7 @@ impl Message {
             },
             kind::START => Message::Start {
                 stream,
-                spec: json("start", p)?,
+                spec: Box::new(json("start", p)?),
             },
             kind::STARTED => Message::Started {
                 stream,

@@ -24,7 +24,6 @@ mod console;
 mod executor;
 mod network;
 mod overlay;
-mod seccomp;
 mod spec;
 
 /// The host-shared-kernel backend.

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::container::process::ProcessSpec;
 
+pub mod confinement;
 pub mod container;
+pub mod seccomp;
 pub mod vm;
 
 /// Which kind of isolation a container runs under.

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vessel_agent::{FrameWriter, Message, RootfsSpec};
+use vessel_agent::{Confinement, FrameWriter, Message, RootfsSpec};
 
-use super::{Backend, IsolationError, LaunchSpec, Process, Stdio, Target};
+use super::{confinement, seccomp, Backend, IsolationError, LaunchSpec, Process, Stdio, Target};
 use crate::boot;
 use crate::container::process::ProcessSpec;
 use choice::Vmm;
@@ -163,8 +163,14 @@ pub(crate) fn killed_marker(dir: &Path) -> PathBuf {
     dir.join("killed")
 }
 
-/// The guest's view of the process spec.
-fn agent_spec(p: &ProcessSpec, rootfs: Option<RootfsSpec>) -> vessel_agent::ProcessSpec {
+/// The guest's view of the process spec. Only the first start carries the root
+/// filesystem and the confinement; the agent applies that confinement to every process of
+/// the container, exec sessions included.
+fn agent_spec(
+    p: &ProcessSpec,
+    rootfs: Option<RootfsSpec>,
+    confinement: Option<Confinement>,
+) -> vessel_agent::ProcessSpec {
     vessel_agent::ProcessSpec {
         argv: p.args.clone(),
         env: p.env.clone(),
@@ -174,7 +180,23 @@ fn agent_spec(p: &ProcessSpec, rootfs: Option<RootfsSpec>) -> vessel_agent::Proc
         groups: p.additional_gids.clone(),
         tty: p.terminal,
         rootfs,
+        confinement,
     }
+}
+
+/// What confines the container's processes in the guest: the same capabilities and
+/// seccomp filter as container mode on the host (compiled here, loaded by the agent), and
+/// no_new_privs.
+fn confinement_of(spec: &LaunchSpec) -> Result<Confinement, IsolationError> {
+    let caps = confinement::capabilities(&spec.cap_add, &spec.cap_drop)?;
+    let prefixed: Vec<String> = caps.iter().map(|c| format!("CAP_{c}")).collect();
+    let seccomp = seccomp::compile_bpf(&seccomp::default_profile(&prefixed))
+        .map_err(|e| IsolationError::runtime("compiling the seccomp filter", e))?;
+    Ok(Confinement {
+        capabilities: caps.iter().filter_map(|c| confinement::number(c)).collect(),
+        no_new_privs: true,
+        seccomp,
+    })
 }
 
 /// The host TSC frequency in kHz; TCG guests need it on their command line because their
@@ -326,10 +348,22 @@ impl Backend for VmBackend {
         let rootfs = RootfsSpec {
             hostname: spec.process.hostname.clone(),
             readonly: spec.read_only,
+            masked_paths: confinement::MASKED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            readonly_paths: confinement::READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
         };
         let start = Message::Start {
             stream: 0,
-            spec: agent_spec(&spec.process, Some(rootfs)),
+            spec: Box::new(agent_spec(
+                &spec.process,
+                Some(rootfs),
+                Some(confinement_of(spec)?),
+            )),
         };
         // Refused before anything boots: the codec would refuse it after.
         vessel_agent::frame::encode(&start)
@@ -448,7 +482,13 @@ impl Backend for VmBackend {
     ) -> Result<Box<dyn Process>, IsolationError> {
         let (stdout, stderr, stdin, pty) = wire(stdio, process.terminal)?;
         let end = Arc::new(StreamEnd::new(stdout, stderr));
-        let p = ExecProcess::start(&target.dir, agent_spec(process, None), stdin, end, pty)?;
+        let p = ExecProcess::start(
+            &target.dir,
+            agent_spec(process, None, None),
+            stdin,
+            end,
+            pty,
+        )?;
         Ok(Box::new(p))
     }
 

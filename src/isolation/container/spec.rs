@@ -4,141 +4,9 @@
 use serde_json::{json, Value};
 
 use super::cgroup;
-use super::seccomp;
+use crate::isolation::confinement::{capabilities, MASKED_PATHS, READONLY_PATHS};
+use crate::isolation::seccomp;
 use crate::isolation::{IsolationError, LaunchSpec, NetworkMode};
-
-/// docker's default capability set.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
-
-/// Every capability name the kernel knows (for `--cap-add ALL` and name checks).
-pub const ALL_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
-
-/// runc's default masked paths.
-const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// runc's default read-only paths.
-const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
-/// Normalises a capability name ("cap_net_admin" → "NET_ADMIN") and checks it exists.
-pub fn normalize_cap(name: &str) -> Result<String, IsolationError> {
-    let upper = name.to_ascii_uppercase();
-    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper).to_string();
-    if bare == "ALL" || ALL_CAPS.contains(&bare.as_str()) {
-        Ok(bare)
-    } else {
-        Err(IsolationError::runtime(
-            "capabilities",
-            format!("unknown capability {name:?}"),
-        ))
-    }
-}
-
-/// The capability set after `--cap-add`/`--cap-drop`, docker's order of application
-/// (drop, then add).
-pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, IsolationError> {
-    let add: Vec<String> = add
-        .iter()
-        .map(|c| normalize_cap(c))
-        .collect::<Result<_, _>>()?;
-    let drop: Vec<String> = drop
-        .iter()
-        .map(|c| normalize_cap(c))
-        .collect::<Result<_, _>>()?;
-    let mut caps: Vec<String> = if drop.iter().any(|c| c == "ALL") {
-        Vec::new()
-    } else {
-        DEFAULT_CAPS
-            .iter()
-            .map(|c| c.to_string())
-            .filter(|c| !drop.contains(c))
-            .collect()
-    };
-    if add.iter().any(|c| c == "ALL") {
-        caps = ALL_CAPS.iter().map(|c| c.to_string()).collect();
-    } else {
-        for c in add {
-            if !caps.contains(&c) {
-                caps.push(c);
-            }
-        }
-    }
-    Ok(caps)
-}
 
 /// Builds the runtime spec for a container whose merged root filesystem is at `rootfs`.
 pub fn build(spec: &LaunchSpec, rootfs: &std::path::Path) -> Result<Value, IsolationError> {
@@ -339,14 +207,5 @@ mod tests {
             .any(|r| r["names"][0] == "clone" && r["args"].is_array()));
         // Every rule must parse as OCI seccomp.
         serde_json::from_value::<oci_spec::runtime::LinuxSeccomp>(profile).unwrap();
-    }
-
-    #[test]
-    fn cap_add_and_drop() {
-        let c = capabilities(&["net_admin".into()], &["CAP_CHOWN".into()]).unwrap();
-        assert!(c.contains(&"NET_ADMIN".to_string()));
-        assert!(!c.contains(&"CHOWN".to_string()));
-        assert!(capabilities(&[], &["ALL".into()]).unwrap().is_empty());
-        assert!(capabilities(&["BOGUS".into()], &[]).is_err());
     }
 }

@@ -156,7 +156,10 @@ impl ExecProcess {
         let io = |e: std::io::Error| IsolationError::io("exec: the control socket", e);
         let mut writer = FrameWriter::new(conn.try_clone().map_err(io)?);
         writer
-            .write(&Message::Start { stream: 0, spec })
+            .write(&Message::Start {
+                stream: 0,
+                spec: Box::new(spec),
+            })
             .map_err(|e| IsolationError::runtime("exec", e))?;
         let reader = conn.try_clone().map_err(io)?;
         {

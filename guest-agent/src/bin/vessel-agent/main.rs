@@ -6,7 +6,9 @@
 //! stream their stdio, and power the VM off when the container's main process is done.
 //! Its log lines go to the console (the serial port), which the host shows on failure.
 
+mod cgroup;
 mod channel;
+mod confine;
 mod disks;
 mod modules;
 mod mounts;

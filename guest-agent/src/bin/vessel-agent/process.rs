@@ -1,5 +1,6 @@
-//! Starting one container process: chroot into the container root, switch user, wire its
-//! stdio to pipes or a pseudo-terminal.
+//! Starting one container process: enter the container's namespaces and root
+//! ([`crate::confine`]), switch user, drop privileges, wire its stdio to pipes or a
+//! pseudo-terminal.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -8,8 +9,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
 use vessel_agent::{ProcessSpec, SpawnErrorKind};
+
+use crate::cgroup::Cgroup;
+use crate::confine::{Entry, Privileges};
 
 /// A started process and the host side of its stdio.
 pub struct Spawned {
@@ -38,8 +43,16 @@ fn other(message: String) -> SpawnError {
     }
 }
 
-/// Starts `spec` inside `root`.
-pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
+/// Starts `spec` in the container whose root (in the agent's view) is `root`, entering it
+/// as `entry` says, with `privileges` (none: the agent's own, which only a container
+/// without a confinement gets).
+pub fn spawn(
+    root: &Path,
+    spec: &ProcessSpec,
+    entry: Arc<Entry>,
+    cgroup: Arc<Cgroup>,
+    privileges: Option<Arc<Privileges>>,
+) -> Result<Spawned, SpawnError> {
     let program = spec
         .argv
         .first()
@@ -55,8 +68,6 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
             unsafe { libc::chown(p.as_ptr(), spec.uid, spec.gid) };
         }
     }
-    let root_c =
-        CString::new(root.as_os_str().as_encoded_bytes()).map_err(|e| other(e.to_string()))?;
     let cwd_c = CString::new(cwd).map_err(|e| other(e.to_string()))?;
     let groups: Vec<libc::gid_t> = spec.groups.clone();
     let (uid, gid, tty) = (spec.uid, spec.gid, spec.tty);
@@ -83,7 +94,7 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
             .stderr(Stdio::piped());
     }
     // SAFETY: the closure only makes async-signal-safe system calls on data prepared
-    // before the fork (CStrings and a Vec that are not reallocated).
+    // before the fork (CStrings, Vecs and descriptors that are not reallocated or closed).
     unsafe {
         cmd.pre_exec(move || {
             let check = |rc: libc::c_int| {
@@ -93,7 +104,8 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
                     Ok(())
                 }
             };
-            check(libc::chroot(root_c.as_ptr()))?;
+            cgroup.join()?;
+            entry.enter()?;
             check(libc::chdir(cwd_c.as_ptr()))?;
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
@@ -101,9 +113,15 @@ pub fn spawn(root: &Path, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
             if tty {
                 check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
             }
+            if let Some(p) = &privileges {
+                p.drop_capabilities()?;
+            }
             check(libc::setgroups(groups.len(), groups.as_ptr()))?;
             check(libc::setgid(gid))?;
             check(libc::setuid(uid))?;
+            if let Some(p) = &privileges {
+                p.lock()?;
+            }
             Ok(())
         });
     }

@@ -1,5 +1,7 @@
 //! Assembling the container's root: image disk (read-only) + container disk (the overlay's
-//! upper and work directories) joined with overlayfs, with /proc, /sys and /dev inside.
+//! upper and work directories) joined with overlayfs, with /sys and a /dev of its own
+//! inside. /proc is mounted by the container's first process, in its PID namespace
+//! ([`crate::confine`]).
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +9,60 @@ use vessel_agent::RootfsSpec;
 
 use crate::disks;
 use crate::mounts::mount;
+
+/// Character devices every container gets (runc's): name, major, minor.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// A tmpfs /dev with only [`DEVICES`] and the usual links, not the guest's devtmpfs: that
+/// holds the disks (the container could write its image's blocks directly) and the agent's
+/// channel (it could forge the agent's messages to the host).
+fn populate_dev(dev: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    mount(
+        "tmpfs",
+        dev,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in DEVICES {
+        let path = dev.join(name);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: mknod on a NUL-terminated path with plain integer arguments.
+        if unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(*major, *minor),
+            )
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The agent's umask would otherwise narrow the mode.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        symlink(target, dev.join(link))?;
+    }
+    for d in ["pts", "shm", "mqueue"] {
+        std::fs::create_dir_all(dev.join(d))?;
+    }
+    Ok(())
+}
 
 /// Where the container's root is assembled; processes are chrooted here.
 pub const ROOT: &str = "/run/vessel/root";
@@ -60,7 +116,6 @@ pub fn assemble(spec: &RootfsSpec) -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())?;
     }
     let nosuid = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    mount("proc", &root.join("proc"), "proc", nosuid, None).map_err(|e| e.to_string())?;
     mount(
         "sysfs",
         &root.join("sys"),
@@ -69,14 +124,7 @@ pub fn assemble(spec: &RootfsSpec) -> Result<PathBuf, String> {
         None,
     )
     .map_err(|e| e.to_string())?;
-    mount(
-        "devtmpfs",
-        &root.join("dev"),
-        "devtmpfs",
-        libc::MS_NOSUID,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    populate_dev(&root.join("dev")).map_err(|e| format!("/dev: {e}"))?;
     // The agent's own devpts, not a new instance: the terminals it opens for `-t` must be
     // the ones the container sees under /dev/pts (ttyname, tty(1)).
     mount("/dev/pts", &root.join("dev/pts"), "", libc::MS_BIND, None).map_err(|e| e.to_string())?;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use vessel_agent::{ExitStatus, FrameReader, FrameWriter, Message, SpawnErrorKind, StreamId};
 
+use crate::cgroup::Cgroup;
+use crate::confine::{Entry, Privileges};
 use crate::{log, power, process, rootfs};
 
 /// After a process exits, how long its output may take to drain (a daemonised grandchild
@@ -59,7 +61,7 @@ pub fn serve(chan: File, _cmdline: &str) -> Result<(), String> {
         let (state, writer) = (state.clone(), writer.clone());
         std::thread::spawn(move || reap(state, writer));
     }
-    let mut root: Option<PathBuf> = None;
+    let mut container: Option<Container> = None;
     let mut reader = FrameReader::new(chan);
     loop {
         let msg = match reader.read() {
@@ -69,37 +71,25 @@ pub fn serve(chan: File, _cmdline: &str) -> Result<(), String> {
         };
         match msg {
             Message::Start { stream, spec } => {
-                if root.is_none() {
-                    match spec.rootfs.as_ref().map(rootfs::assemble) {
-                        Some(Ok(r)) => root = Some(r),
-                        Some(Err(message)) => {
-                            log!("assembling the root filesystem: {message}");
+                if container.is_none() {
+                    match Container::set_up(&spec) {
+                        Ok(c) => container = Some(c),
+                        Err(message) => {
+                            log!("{message}");
                             send(
                                 &writer,
                                 Message::SpawnError {
                                     stream,
                                     kind: SpawnErrorKind::Other,
-                                    message: format!("assembling the root filesystem: {message}"),
-                                },
-                            );
-                            continue;
-                        }
-                        None => {
-                            send(
-                                &writer,
-                                Message::SpawnError {
-                                    stream,
-                                    kind: SpawnErrorKind::Other,
-                                    message: "the first start must describe the root filesystem"
-                                        .into(),
+                                    message,
                                 },
                             );
                             continue;
                         }
                     }
                 }
-                let root = root.clone().expect("assembled above");
-                start(&state, &writer, &root, stream, &spec);
+                let c = container.as_mut().expect("set up above");
+                start(&state, &writer, c, stream, &spec);
             }
             Message::Stdin { stream, data } => {
                 if let Some(tx) = state
@@ -164,10 +154,81 @@ fn kind_name(m: &Message) -> &'static str {
     }
 }
 
+/// The container the agent runs: its root and how its processes are confined.
+struct Container {
+    root: PathBuf,
+    /// The first process's way in (new namespaces), until it is used.
+    first: Option<Arc<Entry>>,
+    /// The guest pid of the first process's relay, whose only child (the container's
+    /// PID 1) later processes join.
+    first_pid: Option<u32>,
+    /// The first start's confinement, applied to every process (an exec's own start
+    /// cannot widen it).
+    privileges: Option<Arc<Privileges>>,
+    /// The cgroup every process of the container runs in.
+    cgroup: Arc<Cgroup>,
+}
+
+impl Container {
+    /// Assembles the root from the disks and prepares the namespaces (first start only).
+    fn set_up(spec: &vessel_agent::ProcessSpec) -> Result<Container, String> {
+        let Some(rootfs_spec) = spec.rootfs.as_ref() else {
+            return Err("the first start must describe the root filesystem".into());
+        };
+        let root = rootfs::assemble(rootfs_spec)
+            .map_err(|e| format!("assembling the root filesystem: {e}"))?;
+        let first = Entry::first(&root, rootfs_spec)
+            .map_err(|e| format!("preparing the container's namespaces: {e}"))?;
+        let privileges = spec
+            .confinement
+            .as_ref()
+            .map(Privileges::new)
+            .transpose()
+            .map_err(|e| format!("preparing the container's privileges: {e}"))?;
+        let cgroup = Cgroup::create().map_err(|e| format!("the container's cgroup: {e}"))?;
+        Ok(Container {
+            root,
+            first: Some(Arc::new(first)),
+            first_pid: None,
+            privileges: privileges.map(Arc::new),
+            cgroup: Arc::new(cgroup),
+        })
+    }
+
+    /// How the next process enters the container.
+    fn entry(&mut self) -> Result<Arc<Entry>, String> {
+        if let Some(e) = self.first.take() {
+            return Ok(e);
+        }
+        let relay = self
+            .first_pid
+            .ok_or("the container's first process never started")?;
+        let pid = child_of(relay).ok_or("the container's first process has ended")?;
+        Entry::join(pid)
+            .map(Arc::new)
+            .map_err(|e| format!("entering the container (its first process has ended?): {e}"))
+    }
+}
+
+/// The child of process `parent` (a relay has exactly one).
+fn child_of(parent: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        // The fields after the command name (which may hold spaces and parentheses).
+        let ppid: u32 = stat[stat.rfind(')')? + 2..]
+            .split(' ')
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == parent).then_some(pid)
+    })
+}
+
 fn start(
     state: &Arc<Mutex<State>>,
     w: &Writer,
-    root: &std::path::Path,
+    container: &mut Container,
     stream: StreamId,
     spec: &vessel_agent::ProcessSpec,
 ) {
@@ -185,7 +246,32 @@ fn start(
         );
         return;
     }
-    let spawned = match process::spawn(root, spec) {
+    let entry = match container.entry() {
+        Ok(e) => e,
+        Err(message) => {
+            drop(st);
+            send(
+                w,
+                Message::SpawnError {
+                    stream,
+                    kind: SpawnErrorKind::Other,
+                    message,
+                },
+            );
+            return;
+        }
+    };
+    let spawned = process::spawn(
+        &container.root,
+        spec,
+        entry,
+        container.cgroup.clone(),
+        container.privileges.clone(),
+    );
+    if let Ok(s) = &spawned {
+        container.first_pid.get_or_insert(s.pid);
+    }
+    let spawned = match spawned {
         Ok(s) => s,
         Err(e) => {
             drop(st);
