@@ -220,6 +220,8 @@ mod tests {
                 readonly: true,
                 masked_paths: vec!["/proc/kcore".into()],
                 readonly_paths: vec!["/proc/sys".into()],
+                tmpfs: vec!["/scratch".into()],
+                pids_limit: Some(64),
             }),
             confinement: Some(crate::message::Confinement {
                 capabilities: vec![0, 5, 21],

@@ -62,6 +62,12 @@ pub struct RootfsSpec {
     /// Paths the container sees read-only (runc's: `/proc/sys` and the like).
     #[serde(default)]
     pub readonly_paths: Vec<String>,
+    /// `--tmpfs` mount points.
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
+    /// `--pids-limit`: the most processes the container may have.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
 }
 
 /// What confines a container's process, as container mode confines it on the host.

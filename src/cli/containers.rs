@@ -1,26 +1,25 @@
-//! `run`, `ps`, `logs`, `stop`, `kill`, `rm`, `exec`: the container lifecycle commands, for
-//! both isolation modes, plus the hidden supervisor a detached `run` starts.
+//! `run`, `ps`, `logs`, `stop`, `kill`, `rm`, `exec` and the hidden supervisor of a
+//! detached `run`: their arguments, and the thin layer that turns them into calls of the
+//! container lifecycle (`crate::container::lifecycle`), which does the work for both modes.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use vessel_images::Store;
 
-use crate::container::image::{self, PullPolicy};
-use crate::container::process::{self, ImageDefaults, Overrides, ProcessSpec};
-use crate::container::record::{Record, Records, State};
-use crate::container::supervise::{self, Attach};
-use crate::container::{layout, liveness, logs, names, now, recovery, user};
-use crate::isolation::{
-    self, BindMount, IsolationKind, LaunchSpec, NetworkMode, Resources, Target, VmOptions,
-};
+use crate::container::image::PullPolicy;
+use crate::container::lifecycle::{self, ExecRequest, RunRequest};
+use crate::container::process::{self, Overrides};
+use crate::container::record::{Records, State};
+use crate::container::{layout, logs, recovery};
+use crate::isolation::{BindMount, Exit, IsolationKind, NetworkMode, Resources, VmOptions};
+
+pub use super::ps::{ps, PsArgs};
 
 /// `run`'s status when vessel itself fails (docker's convention).
 pub const EXIT_VESSEL_FAILED: u8 = 125;
@@ -31,9 +30,9 @@ pub struct RunArgs {
     /// Isolation: a microVM with its own kernel, or namespaces on the host kernel.
     #[arg(long, value_enum, default_value = "vm")]
     pub isolation: IsolationKind,
-    /// VM monitor (VM isolation): auto, builtin or qemu.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "builtin", "qemu"])]
-    pub vmm: String,
+    /// VM monitor (VM isolation): auto (the default), builtin or qemu.
+    #[arg(long, value_parser = ["auto", "builtin", "qemu"])]
+    pub vmm: Option<String>,
     /// Guest kernel (VM isolation).
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
@@ -103,7 +102,9 @@ pub struct RunArgs {
     /// When to pull the image.
     #[arg(long, value_enum, default_value = "missing")]
     pub pull: PullPolicy,
-    /// IMAGE [COMMAND [ARG...]]: everything after the image is the command, flags included.
+    /// IMAGE [COMMAND [ARG...]]: everything after the image is the command, flags included
+    /// (an option before the image that vessel does not know is clap's error, see
+    /// [`RunArgs::refuse_unknown_option`]).
     #[arg(
         required = true,
         trailing_var_arg = true,
@@ -123,20 +124,26 @@ impl RunArgs {
     fn command(&self) -> &[String] {
         &self.argv[1..]
     }
-}
 
-/// Arguments of `vessel ps`.
-#[derive(Debug, Args)]
-pub struct PsArgs {
-    /// Show all containers (default: running ones).
-    #[arg(short = 'a', long)]
-    pub all: bool,
-    /// Only IDs.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
-    /// Output format: table or json (one object per line).
-    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
-    pub format: String,
+    /// An option vessel does not know, before the image, reaches the image's place (the
+    /// command after the image must keep its own options): stopped here with clap's usual
+    /// error and exit status 2, not taken for an image reference.
+    pub fn refuse_unknown_option(&self) {
+        if self.image().starts_with('-') {
+            use clap::CommandFactory;
+            let mut cli = super::Cli::command();
+            cli.build();
+            let mut run = cli
+                .find_subcommand("run")
+                .cloned()
+                .unwrap_or_else(super::Cli::command);
+            run.error(
+                clap::error::ErrorKind::UnknownArgument,
+                format!("unexpected argument '{}' found", self.image()),
+            )
+            .exit();
+        }
+    }
 }
 
 /// Arguments of `vessel logs`.
@@ -240,11 +247,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// The state root as an absolute path: it ends up in mount options and runtime specs,
 /// which must not depend on the current directory.
-fn absolute(root: &Path) -> Result<PathBuf> {
+pub(super) fn absolute(root: &Path) -> Result<PathBuf> {
     std::path::absolute(root).with_context(|| format!("resolving {}", root.display()))
 }
 
-fn open(root: &Path) -> Result<(Store, Records)> {
+pub(super) fn open(root: &Path) -> Result<(Store, Records)> {
     let store =
         Store::open(root).with_context(|| format!("opening the store at {}", root.display()))?;
     let records = Records::open(&store.db_path())?;
@@ -277,38 +284,8 @@ fn parse_bind(v: &str) -> Result<BindMount> {
     })
 }
 
-fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
-}
-
-fn self_start() -> (i32, u64) {
-    let me = std::process::id() as i32;
-    (me, liveness::start_time(me).unwrap_or(0))
-}
-
-/// Rejects cgroup limits the kernel would refuse or that make no sense, with docker's
-/// bounds. (VM isolation reads --memory and --cpus as the VM's size and checks them itself.)
-fn check_limits(args: &RunArgs) -> Result<()> {
-    if args.isolation != IsolationKind::Container {
-        return Ok(());
-    }
-    if let Some(m) = args.memory {
-        if m < 6 << 20 {
-            bail!("--memory {m}: the minimum memory limit is 6m");
-        }
-    }
-    if let Some(c) = args.cpus {
-        let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        if !(0.01..=host).contains(&c) {
-            bail!("--cpus {c}: the range of CPUs is from 0.01 to {host}");
-        }
-    }
-    if let Some(p) = args.pids_limit {
-        if p < 1 {
-            bail!("--pids-limit {p}: must be at least 1");
-        }
-    }
-    Ok(())
+fn exit_code(exit: Exit) -> ExitCode {
+    ExitCode::from(exit.code().clamp(0, 255) as u8)
 }
 
 /// `vessel run`: exit status of the process, or 125 when vessel fails.
@@ -324,55 +301,35 @@ pub fn run(root: &Path, args: RunArgs) -> ExitCode {
 
 fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
     let root = &absolute(root)?;
-    check_limits(&args)?;
-    let (store, records) = open(root)?;
-    let img = image::resolve(&store, args.image(), args.pull)?;
-    let id = names::new_id().context("generating a container ID")?;
-    let name = match &args.name {
-        Some(n) if !names::valid_name(n) => {
-            bail!("invalid container name {n:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
-        }
-        Some(n) => n.clone(),
-        None => names::generated_name(&id),
-    };
     let mut env = Vec::new();
     for f in &args.env_file {
         env.extend(process::read_env_file(f)?);
     }
     env.extend(args.env.iter().cloned());
-    let overrides = Overrides {
-        entrypoint: args.entrypoint.clone(),
-        command: args.command().to_vec(),
-        env,
-        workdir: args.workdir.clone(),
-        user: args.user.clone(),
-        hostname: args.hostname.clone(),
-        terminal: args.tty,
-    };
-    let proc_spec = process::resolve(
-        &ImageDefaults::from_oci(&img.config),
-        &overrides,
-        short(&id),
-        &img.rootfs,
-    )?;
-    let binds = args
-        .volume
-        .iter()
-        .map(|v| parse_bind(v))
-        .collect::<Result<Vec<_>>>()?;
     for t in &args.tmpfs {
         if !t.starts_with('/') {
             bail!("--tmpfs {t:?}: the path must be absolute");
         }
     }
-    let dir = layout::container_dir(root, &id);
-    let spec = LaunchSpec {
-        id: id.clone(),
-        dir: dir.clone(),
-        image_id: img.id.clone(),
-        image_rootfs: img.rootfs.clone(),
-        process: proc_spec,
-        binds,
+    let req = RunRequest {
+        isolation: args.isolation,
+        image: args.image().to_string(),
+        pull: args.pull,
+        name: args.name.clone(),
+        overrides: Overrides {
+            entrypoint: args.entrypoint.clone(),
+            command: args.command().to_vec(),
+            env,
+            workdir: args.workdir.clone(),
+            user: args.user.clone(),
+            hostname: args.hostname.clone(),
+            terminal: args.tty,
+        },
+        binds: args
+            .volume
+            .iter()
+            .map(|v| parse_bind(v))
+            .collect::<Result<Vec<_>>>()?,
         tmpfs: args.tmpfs.iter().map(PathBuf::from).collect(),
         read_only: args.read_only,
         network: args.network,
@@ -388,135 +345,18 @@ fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
             kernel: args.kernel.clone(),
             debug: args.debug,
         },
+        interactive: args.interactive,
+        rm: args.rm,
     };
-
-    let (me, start) = self_start();
-    let record = Record {
-        id: id.clone(),
-        name,
-        image: args.image().to_string(),
-        image_id: img.id.clone(),
-        command: spec.process.args.clone(),
-        created: now(),
-        isolation: args.isolation.as_str().to_string(),
-        state: State::Created,
-        pid: None,
-        supervisor_pid: Some(me),
-        supervisor_start: Some(start),
-        exit_code: None,
-        oom_killed: false,
-        auto_remove: args.rm,
-        finished: None,
-        started: None,
-    };
-    records.insert(&record)?;
-    store
-        .add_lease(&id, &img.id)
-        .context("recording that the container uses its image")?;
-    let prepared = std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating {}", dir.display()))
-        .and_then(|_| {
-            std::fs::write(layout::launch_file(&dir), serde_json::to_vec_pretty(&spec)?)
-                .context("writing launch.json")
-        });
-    if let Err(e) = prepared {
-        let _ = recovery::remove(root, &records, &store, &record);
-        return Err(e);
-    }
-
+    let (store, records) = open(root)?;
+    let prepared = lifecycle::prepare(root, &store, &records, &req)?;
     if args.detach {
-        return start_detached(root, &records, &store, &record);
+        lifecycle::start_detached(root, &store, &records, &prepared)?;
+        println!("{}", prepared.record.id);
+        return Ok(ExitCode::SUCCESS);
     }
-
-    let backend = isolation::backend(args.isolation);
-    let result = supervise::run_main(
-        &records,
-        backend.as_ref(),
-        &spec,
-        &Attach::Foreground {
-            interactive: args.interactive,
-            // An --rm container's log would be removed with it: skip the copy.
-            log: (!args.rm).then(|| layout::log_file(&dir)),
-        },
-        &mut |_| {},
-    );
-    let code = match result {
-        Ok(exit) => {
-            if exit.oom_killed {
-                eprintln!(
-                    "vessel: container {} was killed by the kernel's OOM killer (out of memory)",
-                    short(&id)
-                );
-            }
-            Ok(ExitCode::from(exit.code().clamp(0, 255) as u8))
-        }
-        Err(e) => {
-            let _ = records.set_exited(&id, None, false, now());
-            Err(anyhow::Error::new(e))
-        }
-    };
-    if args.rm {
-        if let Err(e) = recovery::remove(root, &records, &store, &record) {
-            eprintln!("vessel: removing container {}: {e}", short(&id));
-        }
-    }
-    code
-}
-
-/// Starts `vessel __supervise` in its own session and waits until it reports the start.
-fn start_detached(
-    root: &Path,
-    records: &Records,
-    store: &Store,
-    record: &Record,
-) -> Result<ExitCode> {
-    let dir = layout::container_dir(root, &record.id);
-    let (ready_r, ready_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating the readiness pipe")?;
-    supervise::clear_cloexec(&ready_w).context("passing the readiness pipe")?;
-    let stderr = File::create(dir.join("supervisor.err")).context("creating supervisor.err")?;
-    let exe = std::env::current_exe().context("locating the vessel executable")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--root")
-        .arg(root)
-        .arg("__supervise")
-        .arg("--ready-fd")
-        .arg(ready_w.as_raw_fd().to_string())
-        .arg(&record.id)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(stderr);
-    // SAFETY: setsid is async-signal-safe; the closure touches nothing else.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            Ok(())
-        });
-    }
-    let spawned = cmd.spawn();
-    drop(ready_w);
-    if let Err(e) = spawned {
-        let _ = records.set_exited(&record.id, None, false, now());
-        if record.auto_remove {
-            let _ = recovery::remove(root, records, store, record);
-        }
-        return Err(e).context("starting the container's supervisor");
-    }
-    let mut msg = String::new();
-    File::from(ready_r)
-        .read_to_string(&mut msg)
-        .context("waiting for the container to start")?;
-    match msg.strip_prefix("ok") {
-        Some(_) => {
-            println!("{}", record.id);
-            Ok(ExitCode::SUCCESS)
-        }
-        None if msg.is_empty() => bail!(
-            "the container's supervisor exited before starting it (see {})",
-            dir.join("supervisor.err").display()
-        ),
-        None => bail!("{}", msg.trim_start_matches("error: ").trim_end()),
-    }
+    let exit = lifecycle::run_foreground(root, &store, &records, &prepared, args.interactive)?;
+    Ok(exit_code(exit))
 }
 
 /// The hidden `__supervise` command: runs a detached container to its end.
@@ -524,166 +364,9 @@ pub fn supervise(root: &Path, args: SuperviseArgs) -> Result<ExitCode> {
     let root = &absolute(root)?;
     // SAFETY: the descriptor was created for us by the parent `run -d` and passed by
     // number; nothing else in this process owns it.
-    let mut ready = Some(unsafe { File::from_raw_fd(args.ready_fd) });
-    let store = Store::open(root)?;
-    let records = Records::open(&store.db_path())?;
-    let record = records.find(&args.id)?;
-    let (me, start) = self_start();
-    records.set_supervisor(&record.id, me, start)?;
-    let dir = layout::container_dir(root, &record.id);
-    let spec: LaunchSpec = serde_json::from_slice(
-        &std::fs::read(layout::launch_file(&dir)).context("reading launch.json")?,
-    )
-    .context("parsing launch.json")?;
-    let kind = IsolationKind::parse(&record.isolation).unwrap_or(IsolationKind::Container);
-    let backend = isolation::backend(kind);
-    let mut report = |r: Result<(), String>| {
-        if let Some(mut f) = ready.take() {
-            let _ = match r {
-                Ok(()) => f.write_all(b"ok\n"),
-                Err(e) => f.write_all(format!("error: {e}\n").as_bytes()),
-            };
-        }
-    };
-    let result = supervise::run_main(
-        &records,
-        backend.as_ref(),
-        &spec,
-        &Attach::Log(layout::log_file(&dir)),
-        &mut report,
-    );
-    if result.is_err() {
-        let _ = records.set_exited(&record.id, None, false, now());
-    }
-    if record.auto_remove {
-        recovery::remove(root, &records, &store, &record)?;
-    }
-    let exit = result?;
-    Ok(ExitCode::from(exit.code().clamp(0, 255) as u8))
-}
-
-fn ago(secs: i64) -> String {
-    let d = (now() - secs).max(0);
-    match d {
-        0..=1 => "Less than a second".to_string(),
-        2..=59 => format!("{d} seconds"),
-        60..=3599 => format!("{} minutes", d / 60),
-        3600..=86399 => format!("{} hours", d / 3600),
-        _ => format!("{} days", d / 86400),
-    }
-}
-
-fn status(r: &Record) -> String {
-    match r.state {
-        State::Created => "Created".to_string(),
-        State::Running => format!("Up {}", ago(r.started.unwrap_or(r.created)).to_lowercase()),
-        State::Exited => {
-            let code = r
-                .exit_code
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "unknown".to_string());
-            let oom = if r.oom_killed { " (OOM killed)" } else { "" };
-            match r.finished {
-                Some(f) => format!("Exited ({code}){oom} {} ago", ago(f).to_lowercase()),
-                None => format!("Exited ({code}){oom}"),
-            }
-        }
-    }
-}
-
-fn quote_command(args: &[String]) -> String {
-    let s = args.join(" ");
-    let s: String = if s.chars().count() > 20 {
-        s.chars().take(19).chain(std::iter::once('…')).collect()
-    } else {
-        s
-    };
-    format!("\"{s}\"")
-}
-
-/// `vessel ps`.
-pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
-    let root = &absolute(root)?;
-    let (_store, records) = open(root)?;
-    let list: Vec<Record> = records
-        .list()?
-        .into_iter()
-        .filter(|r| args.all || r.state == State::Running)
-        .collect();
-    let mut out = std::io::stdout().lock();
-    if args.quiet {
-        for r in &list {
-            writeln!(out, "{}", short(&r.id))?;
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.format == "json" {
-        for r in &list {
-            let v = serde_json::json!({
-                "ID": r.id,
-                "Names": r.name,
-                "Image": r.image,
-                "ImageID": r.image_id,
-                "Command": r.command,
-                "Created": r.created,
-                "State": match r.state { State::Created => "created", State::Running => "running", State::Exited => "exited" },
-                "Status": status(r),
-                "ExitCode": r.exit_code,
-                "StartedAt": r.started,
-                "FinishedAt": r.finished,
-                "OOMKilled": r.oom_killed,
-                "Isolation": r.isolation,
-                "Pid": r.pid,
-            });
-            writeln!(out, "{v}")?;
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<[String; 7]> = list
-        .iter()
-        .map(|r| {
-            [
-                short(&r.id).to_string(),
-                r.image.clone(),
-                quote_command(&r.command),
-                format!("{} ago", ago(r.created)),
-                status(r),
-                r.name.clone(),
-                r.isolation.clone(),
-            ]
-        })
-        .collect();
-    let header = [
-        "CONTAINER ID",
-        "IMAGE",
-        "COMMAND",
-        "CREATED",
-        "STATUS",
-        "NAMES",
-        "ISOLATION",
-    ];
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| -> String {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}   ", w = *w));
-            }
-        }
-        s
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for row in &rows {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
-    }
-    Ok(ExitCode::SUCCESS)
+    let ready = unsafe { File::from_raw_fd(args.ready_fd) };
+    let exit = lifecycle::supervise_detached(root, &args.id, Some(ready))?;
+    Ok(exit_code(exit))
 }
 
 fn is_live(records: &Records, id: &str) -> bool {
@@ -706,44 +389,6 @@ pub fn logs(root: &Path, args: LogsArgs) -> Result<ExitCode> {
     })
     .context("reading the log")?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn target(root: &Path, r: &Record) -> Target {
-    Target {
-        id: r.id.clone(),
-        dir: layout::container_dir(root, &r.id),
-        pid: r.pid,
-    }
-}
-
-fn kind(r: &Record) -> IsolationKind {
-    IsolationKind::parse(&r.isolation).unwrap_or(IsolationKind::Container)
-}
-
-/// Waits until the container is no longer running (its supervisor recorded the exit).
-fn wait_stopped(
-    root: &Path,
-    records: &Records,
-    store: &Store,
-    id: &str,
-    timeout: Duration,
-) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match records.get(id) {
-            Ok(Some(r)) if r.state != State::Exited => {
-                if !recovery::supervised(&r) {
-                    recovery::recover(root, records, store);
-                    return true;
-                }
-            }
-            _ => return true,
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 fn parse_signal(s: &str) -> Result<i32> {
@@ -782,73 +427,25 @@ fn for_each(refs: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<Ex
     })
 }
 
-/// How long a container may take to end after a delivered SIGKILL (a VM's guest still
-/// reports the exit and powers off) before vessel kills it from the outside.
-const KILL_GRACE: Duration = Duration::from_secs(10);
-
-/// Ends a running container for good, and only then returns `Ok`: SIGKILL to its process,
-/// and where that does not end it (the signal was not delivered: a hung, stopped or
-/// full-disk VM; or the process outlived it), the backend's `kill_now`.
-fn end_for_good(root: &Path, records: &Records, store: &Store, r: &Record) -> Result<()> {
-    let backend = isolation::backend(kind(r));
-    let t = target(root, r);
-    let delivered = backend.signal(&t, libc::SIGKILL).is_ok();
-    if delivered && wait_stopped(root, records, store, &r.id, KILL_GRACE) {
-        return Ok(());
-    }
-    backend
-        .kill_now(&t)
-        .with_context(|| format!("killing {}", r.name))?;
-    if wait_stopped(root, records, store, &r.id, KILL_GRACE) {
-        Ok(())
-    } else {
-        bail!("container {} did not stop", r.name)
-    }
-}
-
 /// `vessel stop`.
 pub fn stop(root: &Path, args: StopArgs) -> Result<ExitCode> {
     let root = &absolute(root)?;
     let (store, records) = open(root)?;
     for_each(&args.containers, |c| {
         let r = records.find(c)?;
-        if r.state == State::Exited {
-            return Ok(());
-        }
-        let backend = isolation::backend(kind(&r));
-        // An undelivered SIGTERM (an unresponsive VM) has nothing to wait for.
-        if backend.signal(&target(root, &r), libc::SIGTERM).is_ok()
-            && wait_stopped(
-                root,
-                &records,
-                &store,
-                &r.id,
-                Duration::from_secs(args.time),
-            )
-        {
-            return Ok(());
-        }
-        end_for_good(root, &records, &store, &r)
+        lifecycle::stop(root, &records, &store, &r, Duration::from_secs(args.time))
     })
 }
 
-/// `vessel kill`: succeeds only for signals that were delivered; a SIGKILL succeeds only
-/// once the container has ended.
+/// `vessel kill`: succeeds only for signals that were delivered; a SIGKILL only once the
+/// container has ended.
 pub fn kill(root: &Path, args: KillArgs) -> Result<ExitCode> {
     let root = &absolute(root)?;
     let (store, records) = open(root)?;
     let sig = parse_signal(&args.signal)?;
     for_each(&args.containers, |c| {
         let r = records.find(c)?;
-        if r.state != State::Running {
-            bail!("container {c} is not running");
-        }
-        if sig == libc::SIGKILL {
-            return end_for_good(root, &records, &store, &r);
-        }
-        isolation::backend(kind(&r))
-            .signal(&target(root, &r), sig)
-            .with_context(|| format!("signalling {c}"))
+        lifecycle::kill(root, &records, &store, &r, sig)
     })
 }
 
@@ -858,18 +455,7 @@ pub fn rm(root: &Path, args: RmArgs) -> Result<ExitCode> {
     let (store, records) = open(root)?;
     for_each(&args.containers, |c| {
         let r = records.find(c)?;
-        if r.state != State::Exited {
-            if !args.force {
-                bail!("container {c} is running: stop it first or use rm -f");
-            }
-            end_for_good(root, &records, &store, &r)?;
-        }
-        match records.get(&r.id)? {
-            Some(r) => recovery::remove(root, &records, &store, &r)
-                .with_context(|| format!("removing {c}")),
-            // An --rm container removes itself.
-            None => Ok(()),
-        }
+        lifecycle::remove(root, &records, &store, &r, args.force)
     })
 }
 
@@ -887,52 +473,58 @@ pub fn exec(root: &Path, args: ExecArgs) -> ExitCode {
 fn exec_inner(root: &Path, args: ExecArgs) -> Result<ExitCode> {
     let root = &absolute(root)?;
     let (_store, records) = open(root)?;
-    let container = &args.argv[0];
-    let r = records.find(container)?;
-    if r.state != State::Running {
-        bail!("container {container} is not running");
-    }
-    let dir = layout::container_dir(root, &r.id);
-    let spec: LaunchSpec = serde_json::from_slice(
-        &std::fs::read(layout::launch_file(&dir)).context("reading launch.json")?,
-    )
-    .context("parsing launch.json")?;
-    let mut p: ProcessSpec = spec.process.clone();
-    p.args = args.argv[1..].to_vec();
-    p.terminal = args.tty;
-    for e in &args.env {
-        let entry = if e.contains('=') {
-            e.clone()
-        } else {
-            match std::env::var(e) {
-                Ok(v) => format!("{e}={v}"),
-                Err(_) => continue,
-            }
-        };
-        let key = entry.split('=').next().unwrap_or_default().to_string();
-        p.env.retain(|x| x.split('=').next() != Some(key.as_str()));
-        p.env.push(entry);
-    }
+    let r = records.find(&args.argv[0])?;
     if let Some(w) = &args.workdir {
         if !w.starts_with('/') {
             bail!("working directory {w:?} is not an absolute path");
         }
-        p.cwd = w.clone();
     }
-    if let Some(u) = &args.user {
-        let who = user::resolve(u, &spec.image_rootfs)?;
-        p.uid = who.uid;
-        p.gid = who.gid;
-        p.additional_gids = who.additional_gids;
-    }
-    let backend = isolation::backend(kind(&r));
-    let exit = supervise::run_exec(backend.as_ref(), &target(root, &r), &p, args.interactive)?;
-    Ok(ExitCode::from(exit.code().clamp(0, 255) as u8))
+    let req = ExecRequest {
+        command: args.argv[1..].to_vec(),
+        env: args.env.clone(),
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        tty: args.tty,
+        interactive: args.interactive,
+    };
+    Ok(exit_code(lifecycle::exec(root, &r, &req)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_run_flag_is_decided_for_each_mode() {
+        use crate::isolation::options::{of_flag, RunOption, Support};
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Run {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        let cmd = Run::command();
+        let mut seen = Vec::new();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" {
+                continue;
+            }
+            let Some(options) = of_flag(id) else {
+                panic!("`vessel run` flag {id} is not in isolation::options::of_flag: decide what each mode does with it");
+            };
+            seen.extend(options.unwrap_or_default().iter().copied());
+        }
+        for o in RunOption::ALL {
+            assert!(seen.contains(o), "{o:?} is no flag's");
+            for kind in [IsolationKind::Vm, IsolationKind::Container] {
+                // Each backend answers for each option; a refusal says what to do instead.
+                if let Support::No(why) = crate::isolation::backend(kind).supports(*o) {
+                    assert!(why.len() > 20, "{o:?} in {kind:?}: {why}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -11,6 +11,7 @@ mod compare;
 mod containers;
 mod images;
 mod kernel;
+mod ps;
 
 /// Exit status of a failed command other than `run` (which uses docker's 125/126/127 itself).
 pub const EXIT_FAILED: u8 = 1;
@@ -101,7 +102,10 @@ pub fn main() -> ExitCode {
         Command::Load(a) => images::load(&root, a),
         Command::Save(a) => images::save(&root, a),
         Command::System(a) => images::system(&root, a),
-        Command::Run(a) => return containers::run(&root, *a),
+        Command::Run(a) => {
+            a.refuse_unknown_option();
+            return containers::run(&root, *a);
+        }
         Command::Exec(a) => return containers::exec(&root, a),
         Command::Ps(a) => containers::ps(&root, a),
         Command::Logs(a) => containers::logs(&root, a),

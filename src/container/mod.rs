@@ -3,6 +3,7 @@
 
 pub mod image;
 pub mod layout;
+pub mod lifecycle;
 pub mod liveness;
 pub mod logs;
 pub mod names;

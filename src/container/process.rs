@@ -3,33 +3,11 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
 use super::user::{self, UserError};
+pub use crate::isolation::ProcessSpec;
 
 /// docker's PATH for images that set none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// A fully resolved process: what to execute, as whom, where, with which environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessSpec {
-    /// argv; never empty.
-    pub args: Vec<String>,
-    /// `KEY=VALUE` pairs, unique keys, in order of first definition.
-    pub env: Vec<String>,
-    /// Absolute working directory.
-    pub cwd: String,
-    /// User ID.
-    pub uid: u32,
-    /// Primary group ID.
-    pub gid: u32,
-    /// Supplementary groups (from the image's /etc/group).
-    pub additional_gids: Vec<u32>,
-    /// Hostname of the container.
-    pub hostname: String,
-    /// Give the process a pseudo-terminal.
-    pub terminal: bool,
-}
 
 /// The parts of an image's config that shape its process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,6 +205,36 @@ pub fn resolve(
     })
 }
 
+/// The process `vessel exec` runs in a container whose main process is `base`: the same
+/// resolution as `run`'s, with `base` in the image's place (its environment, working
+/// directory and user) and `ov` on top. Without `-u` it runs as `base`'s user, groups
+/// included.
+pub fn for_exec(
+    base: &ProcessSpec,
+    ov: &Overrides,
+    rootfs: &Path,
+) -> Result<ProcessSpec, ProcessError> {
+    let image = ImageDefaults {
+        entrypoint: Vec::new(),
+        cmd: Vec::new(),
+        env: base.env.clone(),
+        working_dir: Some(base.cwd.clone()),
+        user: None,
+    };
+    let ov = Overrides {
+        entrypoint: None,
+        hostname: Some(base.hostname.clone()),
+        ..ov.clone()
+    };
+    let mut p = resolve(&image, &ov, &base.hostname, rootfs)?;
+    if ov.user.as_deref().is_none_or(str::is_empty) {
+        p.uid = base.uid;
+        p.gid = base.gid;
+        p.additional_gids = base.additional_gids.clone();
+    }
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +252,46 @@ mod tests {
     fn resolve_with(ov: Overrides) -> ProcessSpec {
         let dir = tempfile::tempdir().unwrap();
         resolve(&image(), &ov, "host", dir.path()).unwrap()
+    }
+
+    #[test]
+    fn exec_takes_the_containers_process_and_its_own_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = ProcessSpec {
+            args: vec!["main".into()],
+            env: vec!["PATH=/bin".into(), "A=1".into(), "HOME=/home/app".into()],
+            cwd: "/srv".into(),
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![27],
+            hostname: "box".into(),
+            terminal: false,
+        };
+        let ov = Overrides {
+            command: vec!["sh".into()],
+            env: vec!["A=2".into(), "B=3".into()],
+            terminal: true,
+            ..Default::default()
+        };
+        let p = for_exec(&base, &ov, dir.path()).unwrap();
+        assert_eq!(p.args, ["sh"]);
+        assert_eq!(
+            (p.uid, p.gid, p.additional_gids.clone()),
+            (1000, 1000, vec![27])
+        );
+        assert_eq!(p.cwd, "/srv");
+        assert!(p.env.contains(&"A=2".to_string()) && p.env.contains(&"B=3".to_string()));
+        assert!(p.env.contains(&"TERM=xterm".to_string()));
+        assert!(p.env.contains(&"HOME=/home/app".to_string()));
+        let ov = Overrides {
+            command: vec!["id".into()],
+            workdir: Some("/tmp".into()),
+            user: Some("0:0".into()),
+            ..Default::default()
+        };
+        let p = for_exec(&base, &ov, dir.path()).unwrap();
+        assert_eq!((p.uid, p.gid, p.cwd.as_str()), (0, 0, "/tmp"));
+        assert!(for_exec(&base, &Overrides::default(), dir.path()).is_err());
     }
 
     #[test]

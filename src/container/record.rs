@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::isolation::IsolationKind;
+
 /// Lifecycle state of a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -49,8 +51,8 @@ pub struct Record {
     pub command: Vec<String>,
     /// Creation time, seconds since the epoch.
     pub created: i64,
-    /// `vm` or `container`.
-    pub isolation: String,
+    /// The isolation mode that runs it.
+    pub isolation: IsolationKind,
     /// Lifecycle state.
     pub state: State,
     /// Host PID of the main process while it runs (container mode).
@@ -99,6 +101,19 @@ const COLUMNS: &str = "id, name, image, image_id, command, created, isolation, s
 fn from_row(r: &Row<'_>) -> rusqlite::Result<Record> {
     let command: String = r.get(4)?;
     let state: String = r.get(7)?;
+    let isolation: String = r.get(6)?;
+    // Never guessed: a record whose mode vessel does not know is reported, not run as one.
+    let isolation = IsolationKind::parse(&isolation).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            6,
+            rusqlite::types::Type::Text,
+            format!(
+                "unknown isolation {isolation:?} in the record of container {}",
+                r.get::<_, String>(0).unwrap_or_default()
+            )
+            .into(),
+        )
+    })?;
     Ok(Record {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -106,7 +121,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Record> {
         image_id: r.get(3)?,
         command: serde_json::from_str(&command).unwrap_or_default(),
         created: r.get(5)?,
-        isolation: r.get(6)?,
+        isolation,
         state: State::parse(&state),
         pid: r.get(8)?,
         supervisor_pid: r.get(9)?,
@@ -173,7 +188,7 @@ impl Records {
                 r.image_id,
                 serde_json::to_string(&r.command).unwrap_or_default(),
                 r.created,
-                r.isolation,
+                r.isolation.as_str(),
                 r.state.as_str(),
                 r.pid,
                 r.supervisor_pid,
@@ -306,7 +321,7 @@ mod tests {
             image_id: "sha".into(),
             command: vec!["true".into()],
             created: 1,
-            isolation: "container".into(),
+            isolation: IsolationKind::Container,
             state: State::Created,
             pid: None,
             supervisor_pid: None,
@@ -342,5 +357,15 @@ mod tests {
         );
         db.delete("abc123").unwrap();
         assert!(db.get("abc123").unwrap().is_none());
+        // A record with a mode vessel does not know is an error, not a guess.
+        db.conn
+            .execute(
+                "UPDATE containers SET isolation = 'jail' WHERE id = 'abd456'",
+                [],
+            )
+            .unwrap();
+        let err = db.find("two").unwrap_err().to_string();
+        assert!(err.contains("unknown isolation \"jail\""), "{err}");
+        assert!(db.list().is_err());
     }
 }

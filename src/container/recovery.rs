@@ -32,10 +32,6 @@ pub enum RemoveError {
     },
 }
 
-fn kind_of(r: &Record) -> IsolationKind {
-    IsolationKind::parse(&r.isolation).unwrap_or(IsolationKind::Container)
-}
-
 fn target(root: &Path, r: &Record) -> Target {
     Target {
         id: r.id.clone(),
@@ -73,7 +69,7 @@ pub fn remove(
     r: &Record,
 ) -> Result<(), RemoveError> {
     let t = target(root, r);
-    isolation::backend(kind_of(r)).cleanup(&t)?;
+    isolation::backend(r.isolation).cleanup(&t)?;
     // The directory goes before the record, so a directory never outlives its record
     // (recovery would otherwise have to guess whether a directory is being created).
     remove_dir(&t.dir)?;
@@ -121,7 +117,7 @@ pub fn recover(root: &Path, records: &Records, store: &Store) {
             }
             continue;
         }
-        if let Err(e) = isolation::backend(kind_of(r)).cleanup(&target(root, r)) {
+        if let Err(e) = isolation::backend(r.isolation).cleanup(&target(root, r)) {
             eprintln!(
                 "vessel: warning: cleaning up container {}: {e}",
                 &r.id[..12.min(r.id.len())]
@@ -139,7 +135,10 @@ pub fn recover(root: &Path, records: &Records, store: &Store) {
             dir: layout::container_dir(root, &d),
             pid: None,
         };
-        let _ = isolation::backend(IsolationKind::Container).cleanup(&t);
+        // No record says which mode it was: both cleanups tolerate what is not theirs.
+        for kind in [IsolationKind::Vm, IsolationKind::Container] {
+            let _ = isolation::backend(kind).cleanup(&t);
+        }
         let _ = remove_dir(&t.dir);
     }
 }

@@ -14,10 +14,11 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use super::options::{RunOption, Support};
 use super::{
     Backend, Exit, ExitStatus, IsolationError, LaunchSpec, NetworkMode, Process, Stdio, Target,
 };
-use crate::container::process::ProcessSpec;
+use crate::isolation::ProcessSpec;
 
 mod cgroup;
 mod console;
@@ -124,6 +125,43 @@ impl ContainerBackend {
 }
 
 impl Backend for ContainerBackend {
+    fn validate(&self, spec: &LaunchSpec) -> Result<Vec<String>, IsolationError> {
+        // The kernel's and docker's bounds for cgroup limits.
+        let refuse = |m: String| Err(IsolationError::Refused(m));
+        if let Some(m) = spec.resources.memory {
+            if m < 6 << 20 {
+                return refuse(format!("--memory {m}: the minimum memory limit is 6m"));
+            }
+        }
+        if let Some(c) = spec.resources.cpus {
+            let host = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            if !(0.01..=host).contains(&c) {
+                return refuse(format!(
+                    "--cpus {c}: the range of CPUs is from 0.01 to {host}"
+                ));
+            }
+        }
+        if let Some(p) = spec.resources.pids {
+            if p < 1 {
+                return refuse(format!("--pids-limit {p}: must be at least 1"));
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn supports(&self, option: RunOption) -> Support {
+        use RunOption::*;
+        match option {
+            Vmm | Kernel | Debug => Support::No(
+                "it chooses or shows the VM that runs a container; drop it, or run with \
+                 --isolation vm",
+            ),
+            Cpus | Memory | PidsLimit | Interactive | Tty | Env | Workdir | User | Entrypoint
+            | Volume | Tmpfs | ReadOnly | NetworkNone | NetworkHost | Hostname | CapAdd
+            | CapDrop => Support::Yes,
+        }
+    }
+
     fn start(&self, spec: &LaunchSpec, stdio: Stdio) -> Result<Box<dyn Process>, IsolationError> {
         require_root()?;
         overlay::mount_overlay(

@@ -9,12 +9,14 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::process::ProcessSpec;
-
 pub mod confinement;
 pub mod container;
+mod launch;
+pub mod options;
 pub mod seccomp;
 pub mod vm;
+
+pub use launch::{BindMount, LaunchSpec, NetworkMode, ProcessSpec, Resources, VmOptions};
 
 /// Which kind of isolation a container runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -43,80 +45,6 @@ impl IsolationKind {
             _ => None,
         }
     }
-}
-
-/// Network attachment of a container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    /// A network namespace of its own with only the loopback interface.
-    None,
-    /// The host's network namespace.
-    Host,
-}
-
-/// A host path made visible inside the container (`-v HOST:CTR[:ro]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindMount {
-    /// Absolute path on the host.
-    pub source: PathBuf,
-    /// Absolute path in the container.
-    pub destination: PathBuf,
-    /// Mounted read-only.
-    pub read_only: bool,
-}
-
-/// Resource limits; `None` means unlimited.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Resources {
-    /// Memory limit in bytes (also the VM's memory size in VM mode).
-    pub memory: Option<u64>,
-    /// CPU quota in CPUs (1.5 = one and a half CPUs; the vCPU count in VM mode).
-    pub cpus: Option<f64>,
-    /// Maximum number of processes.
-    pub pids: Option<i64>,
-}
-
-/// Options that only VM isolation uses; container isolation ignores them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmOptions {
-    /// `auto`, `builtin` or `qemu`.
-    pub vmm: String,
-    /// Guest kernel chosen with `--kernel`.
-    pub kernel: Option<PathBuf>,
-    /// Show the guest kernel log and backend decisions.
-    pub debug: bool,
-}
-
-/// Everything a backend needs to start a container's main process.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LaunchSpec {
-    /// Container ID (64 hex digits).
-    pub id: String,
-    /// The container's directory under the state root (`containers/<id>`).
-    pub dir: PathBuf,
-    /// ID of the image the container runs.
-    pub image_id: String,
-    /// The image's unpacked root filesystem; never modified.
-    pub image_rootfs: PathBuf,
-    /// The resolved process (argv, env, cwd, user, hostname, terminal).
-    pub process: ProcessSpec,
-    /// `-v` bind mounts.
-    pub binds: Vec<BindMount>,
-    /// `--tmpfs` mount points.
-    pub tmpfs: Vec<PathBuf>,
-    /// `--read-only`: the root filesystem is mounted read-only.
-    pub read_only: bool,
-    /// `--network`.
-    pub network: NetworkMode,
-    /// cgroup limits.
-    pub resources: Resources,
-    /// `--cap-add`, upper-case without the `CAP_` prefix.
-    pub cap_add: Vec<String>,
-    /// `--cap-drop`, upper-case without the `CAP_` prefix (`ALL` drops every default).
-    pub cap_drop: Vec<String>,
-    /// VM-only options.
-    pub vm: VmOptions,
 }
 
 /// Identifies an existing container to a backend (from its record).
@@ -187,6 +115,9 @@ pub enum IsolationError {
         /// What went wrong.
         message: String,
     },
+    /// The mode cannot honour an option the run asked for (said before anything starts).
+    #[error("{0}")]
+    Refused(String),
     /// The container did not answer (a hung or stopped VM): only
     /// [`Backend::kill_now`] can end it.
     #[error("{0}")]
@@ -249,6 +180,12 @@ pub trait Process: Send + Sync {
 ///   kill what is left, release everything outside the container's directory, tolerate
 ///   partial state, and be idempotent. The lifecycle removes the directory itself.
 pub trait Backend {
+    /// Whether this mode honours `option` (an exhaustive decision per option, see
+    /// [`options`]).
+    fn supports(&self, option: options::RunOption) -> options::Support;
+    /// Checks the values of a launch before anything is created: refuses what cannot work
+    /// here (`IsolationError::Refused`), returns a note for each value it rounds.
+    fn validate(&self, spec: &LaunchSpec) -> Result<Vec<String>, IsolationError>;
     /// Creates the container and starts its main process.
     fn start(&self, spec: &LaunchSpec, stdio: Stdio) -> Result<Box<dyn Process>, IsolationError>;
     /// Starts another process inside a running container.

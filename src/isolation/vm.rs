@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 
 use vessel_agent::{Confinement, FrameWriter, Message, RootfsSpec};
 
+use super::options::{RunOption, Support};
 use super::{confinement, seccomp, Backend, IsolationError, LaunchSpec, Process, Stdio, Target};
 use crate::boot;
-use crate::container::process::ProcessSpec;
+use crate::isolation::ProcessSpec;
 use choice::Vmm;
 use machine::Machine;
 use machine_spec::MachineSpec;
@@ -256,14 +257,6 @@ fn boot_timeout() -> Duration {
         .unwrap_or(DEFAULT_BOOT_TIMEOUT)
 }
 
-/// The state root a container directory (`<root>/containers/<id>`) belongs to.
-fn state_root(dir: &Path) -> PathBuf {
-    dir.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"))
-}
-
 fn dup(fd: i32) -> Result<File, IsolationError> {
     // SAFETY: F_DUPFD_CLOEXEC on a standard descriptor returns a new descriptor we own.
     let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
@@ -341,7 +334,48 @@ fn follow_console(path: PathBuf, end: Arc<StreamEnd>) {
     });
 }
 
+/// `--vmm`, or `auto`.
+fn requested_vmm(spec: &LaunchSpec) -> &str {
+    spec.vm.vmm.as_deref().unwrap_or("auto")
+}
+
 impl Backend for VmBackend {
+    fn validate(&self, spec: &LaunchSpec) -> Result<Vec<String>, IsolationError> {
+        choice::choose(requested_vmm(spec))
+            .map_err(|e| IsolationError::Refused(format!("VM isolation: {e}")))?;
+        let size = size_of(&spec.resources, &host_limits()).map_err(IsolationError::Refused)?;
+        // The start request, without the confinement the start adds (its seccomp program
+        // is a few KiB): one the protocol cannot carry is refused before anything boots.
+        let probe = Message::Start {
+            stream: 0,
+            spec: Box::new(agent_spec(&spec.process, None, None)),
+        };
+        let encoded = vessel_agent::frame::encode(&probe)
+            .map_err(|e| IsolationError::Refused(e.to_string()))?;
+        if encoded.len() + (64 << 10) > vessel_agent::frame::MAX_START {
+            return Err(IsolationError::Refused(
+                vessel_agent::FrameError::StartTooLarge(encoded.len()).to_string(),
+            ));
+        }
+        Ok(size.notes)
+    }
+
+    fn supports(&self, option: RunOption) -> Support {
+        use RunOption::*;
+        match option {
+            NetworkHost => Support::No(
+                "a VM has a kernel and network stack of its own and cannot share the \
+                 host's; use --isolation container for --network host",
+            ),
+            Volume => Support::No(
+                "volumes in VM isolation are not implemented yet; use --isolation container",
+            ),
+            Vmm | Kernel | Debug | Cpus | Memory | PidsLimit | Interactive | Tty | Env
+            | Workdir | User | Entrypoint | Tmpfs | ReadOnly | NetworkNone | Hostname | CapAdd
+            | CapDrop => Support::Yes,
+        }
+    }
+
     fn start(&self, spec: &LaunchSpec, stdio: Stdio) -> Result<Box<dyn Process>, IsolationError> {
         let begin = Instant::now();
         let debug = spec.vm.debug;
@@ -356,6 +390,12 @@ impl Backend for VmBackend {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            tmpfs: spec
+                .tmpfs
+                .iter()
+                .map(|t| t.to_string_lossy().into_owned())
+                .collect(),
+            pids_limit: spec.resources.pids,
         };
         let start = Message::Start {
             stream: 0,
@@ -365,20 +405,14 @@ impl Backend for VmBackend {
                 Some(confinement_of(spec)?),
             )),
         };
-        // Refused before anything boots: the codec would refuse it after.
-        vessel_agent::frame::encode(&start)
-            .map_err(|e| IsolationError::runtime("starting the container's process", e))?;
-        let size = size_of(&spec.resources, &host_limits()).map_err(IsolationError::Unavailable)?;
-        for note in &size.notes {
-            eprintln!("vessel: {note}");
-        }
+        let size = size_of(&spec.resources, &host_limits()).map_err(IsolationError::Refused)?;
         let (cpus, memory_mib) = (size.cpus, size.memory_mib);
-        let choice = choice::choose(&spec.vm.vmm).map_err(unavailable)?;
-        let root = state_root(&spec.dir);
+        let choice = choice::choose(requested_vmm(spec)).map_err(unavailable)?;
+        let root = &spec.state_root;
         let kernel =
-            boot::kernel::discover(&root, spec.vm.kernel.as_deref()).map_err(unavailable)?;
-        let initramfs = boot::initramfs::prepare(&root, &kernel).map_err(unavailable)?;
-        let boot_image = boot::vmlinux::boot_image(&root, &kernel.image).map_err(unavailable)?;
+            boot::kernel::discover(root, spec.vm.kernel.as_deref()).map_err(unavailable)?;
+        let initramfs = boot::initramfs::prepare(root, &kernel).map_err(unavailable)?;
+        let boot_image = boot::vmlinux::boot_image(root, &kernel.image).map_err(unavailable)?;
         if debug {
             eprintln!("vessel: vm backend: {} ({})", choice.vmm, choice.reason);
             eprintln!(
@@ -397,8 +431,9 @@ impl Backend for VmBackend {
                 initramfs.agent.display()
             );
         }
-        let image_disk = disk::image_disk(&root, &spec.image_id)
-            .map_err(|e| IsolationError::runtime("preparing the image disk", e))?;
+        let image_disk = spec.image_disk.clone().ok_or_else(|| {
+            IsolationError::runtime("starting the VM", "the launch has no image disk")
+        })?;
         let container_disk = disk::create_container_disk(&spec.dir)
             .map_err(|e| IsolationError::runtime("creating the container disk", e))?;
         let channel_path = socket_path::socket_path(&spec.dir, "agent.sock")

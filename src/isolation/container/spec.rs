@@ -111,15 +111,18 @@ pub fn build(spec: &LaunchSpec, rootfs: &std::path::Path) -> Result<Value, Isola
 mod tests {
     use super::*;
 
-    use crate::container::process::ProcessSpec;
+    use crate::isolation::ProcessSpec;
     use crate::isolation::{BindMount, Resources, VmOptions};
 
     fn launch(network: NetworkMode) -> LaunchSpec {
         LaunchSpec {
             id: "abc".into(),
+            isolation: crate::isolation::IsolationKind::Container,
+            state_root: "/state".into(),
             dir: "/state/containers/abc".into(),
             image_id: "sha256:x".into(),
             image_rootfs: "/state/rootfs/x".into(),
+            image_disk: None,
             process: ProcessSpec {
                 args: vec!["true".into()],
                 env: vec!["PATH=/bin".into()],

@@ -1,6 +1,6 @@
-//! The VM's two disks: the image's ext4 (built once per image, shared read-only by every
-//! VM of that image) and the container's own sparse ext4 (the overlay's writable layer,
-//! removed with the container).
+//! The container's own disk: a sparse ext4 (the overlay's writable layer, removed with the
+//! container). The image's ext4, shared read-only by every VM of the image, is built by the
+//! store when the lifecycle prepares the container (`LaunchSpec::image_disk`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,18 +11,6 @@ pub const CONTAINER_DISK_SIZE: u64 = 4 << 30;
 /// The container disk's path in its directory.
 pub fn container_disk_path(dir: &Path) -> PathBuf {
     dir.join("disk.ext4")
-}
-
-/// The image's ext4 disk under the state root, built once per image by the store (under
-/// its lock, so concurrent first runs of one image build it once and GC cannot remove
-/// the tree while mke2fs reads it).
-pub fn image_disk(root: &Path, image_id: &str) -> Result<PathBuf, String> {
-    let store =
-        vessel_images::Store::open(root).map_err(|e| format!("opening the image store: {e}"))?;
-    let image = store
-        .image(image_id)
-        .map_err(|e| format!("image {image_id}: {e}"))?;
-    store.image_disk(&image).map_err(|e| e.to_string())
 }
 
 /// Creates an empty sparse ext4 for the container's writable layer.

@@ -1,7 +1,8 @@
 //! The container's cgroup inside the guest (cgroup v1, mounted in the agent's view only):
 //! the `devices` controller with docker's rules, so that a process with `CAP_MKNOD` (in
 //! docker's default set) can make a node for a disk or for the agent's channel but not open
-//! it, as container mode's device cgroup does on the host.
+//! it, as container mode's device cgroup does on the host; and the `pids` controller for
+//! `--pids-limit`.
 //!
 //! The relay of every container process joins it before it forks the process proper
 //! ([`Cgroup::join`]), so nothing of the container runs outside it even for an instant.
@@ -35,8 +36,9 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Mounts the controllers and makes the container's group with its rules.
-    pub fn create() -> io::Result<Cgroup> {
+    /// Mounts the controllers and makes the container's group with its rules and, with
+    /// `pids_limit`, its process limit.
+    pub fn create(pids_limit: Option<i64>) -> io::Result<Cgroup> {
         mount(
             "cgroup-root",
             Path::new(ROOT),
@@ -44,17 +46,38 @@ impl Cgroup {
             libc::MS_NOSUID,
             Some("mode=755"),
         )?;
-        let dir = Path::new(ROOT).join("devices");
-        mount("devices", &dir, "cgroup", libc::MS_NOSUID, Some("devices"))?;
-        let group = dir.join("vessel");
-        std::fs::create_dir_all(&group)?;
-        std::fs::write(group.join("devices.deny"), "a")?;
+        let group = |controller: &str| -> io::Result<std::path::PathBuf> {
+            let dir = Path::new(ROOT).join(controller);
+            mount(
+                controller,
+                &dir,
+                "cgroup",
+                libc::MS_NOSUID,
+                Some(controller),
+            )?;
+            let group = dir.join("vessel");
+            std::fs::create_dir_all(&group)?;
+            Ok(group)
+        };
+        let devices = group("devices")?;
+        std::fs::write(devices.join("devices.deny"), "a")?;
         for rule in ALLOW {
-            std::fs::write(group.join("devices.allow"), rule)?;
+            std::fs::write(devices.join("devices.allow"), rule)?;
         }
-        let procs = CString::new(group.join("cgroup.procs").as_os_str().as_encoded_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(Cgroup { procs: vec![procs] })
+        let mut groups = vec![devices];
+        if let Some(max) = pids_limit {
+            let pids = group("pids")?;
+            std::fs::write(pids.join("pids.max"), max.to_string())?;
+            groups.push(pids);
+        }
+        let procs = groups
+            .iter()
+            .map(|g| {
+                CString::new(g.join("cgroup.procs").as_os_str().as_encoded_bytes())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(Cgroup { procs })
     }
 
     /// In a forked child: moves the calling process into the group. Async-signal-safe.

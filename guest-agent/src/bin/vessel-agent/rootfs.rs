@@ -67,8 +67,9 @@ fn populate_dev(dev: &Path) -> std::io::Result<()> {
 /// Where the container's root is assembled; processes are chrooted here.
 pub const ROOT: &str = "/run/vessel/root";
 
-/// Mounts everything and sets the hostname; returns the root directory.
-pub fn assemble(spec: &RootfsSpec) -> Result<PathBuf, String> {
+/// Mounts everything and sets the hostname; returns the root directory. `workdir`, the
+/// first process's working directory, is made while the root can still be written.
+pub fn assemble(spec: &RootfsSpec, workdir: &str) -> Result<PathBuf, String> {
     let d = disks::find()?;
     let image = Path::new("/run/vessel/image");
     let rw = Path::new("/run/vessel/rw");
@@ -105,6 +106,16 @@ pub fn assemble(spec: &RootfsSpec) -> Result<PathBuf, String> {
         // Images without these directories still get them, in the writable layer.
         let _ = std::fs::create_dir_all(root.join(dir));
     }
+    // Mount points and the working directory are made while the root can still be written
+    // (--read-only), as container mode makes them.
+    if !workdir.is_empty() {
+        std::fs::create_dir_all(root.join(workdir.trim_start_matches('/')))
+            .map_err(|e| format!("working directory {workdir}: {e}"))?;
+    }
+    for t in &spec.tmpfs {
+        std::fs::create_dir_all(root.join(t.trim_start_matches('/')))
+            .map_err(|e| format!("--tmpfs {t}: {e}"))?;
+    }
     if spec.readonly {
         mount(
             "",
@@ -129,6 +140,12 @@ pub fn assemble(spec: &RootfsSpec) -> Result<PathBuf, String> {
     // the ones the container sees under /dev/pts (ttyname, tty(1)).
     mount("/dev/pts", &root.join("dev/pts"), "", libc::MS_BIND, None).map_err(|e| e.to_string())?;
     mount("shm", &root.join("dev/shm"), "tmpfs", nosuid, None).map_err(|e| e.to_string())?;
+    for t in &spec.tmpfs {
+        // As container mode mounts them (docker's options).
+        let at = root.join(t.trim_start_matches('/'));
+        mount("tmpfs", &at, "tmpfs", nosuid, Some("mode=1777,size=65536k"))
+            .map_err(|e| format!("--tmpfs {t}: {e}"))?;
+    }
     if !spec.hostname.is_empty() {
         // SAFETY: the pointer and length describe the hostname's bytes.
         let rc = unsafe {

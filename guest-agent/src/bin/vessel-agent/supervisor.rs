@@ -175,7 +175,7 @@ impl Container {
         let Some(rootfs_spec) = spec.rootfs.as_ref() else {
             return Err("the first start must describe the root filesystem".into());
         };
-        let root = rootfs::assemble(rootfs_spec)
+        let root = rootfs::assemble(rootfs_spec, &spec.cwd)
             .map_err(|e| format!("assembling the root filesystem: {e}"))?;
         let first = Entry::first(&root, rootfs_spec)
             .map_err(|e| format!("preparing the container's namespaces: {e}"))?;
@@ -185,7 +185,8 @@ impl Container {
             .map(Privileges::new)
             .transpose()
             .map_err(|e| format!("preparing the container's privileges: {e}"))?;
-        let cgroup = Cgroup::create().map_err(|e| format!("the container's cgroup: {e}"))?;
+        let cgroup = Cgroup::create(rootfs_spec.pids_limit)
+            .map_err(|e| format!("the container's cgroup: {e}"))?;
         Ok(Container {
             root,
             first: Some(Arc::new(first)),
