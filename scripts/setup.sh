@@ -15,7 +15,7 @@ need_root() {
 
 # Debian packages: build deps, the tools the tests drive, and the guest kernel's tooling.
 PACKAGES=(
-    build-essential pkg-config libssl-dev libseccomp-dev musl-tools
+    build-essential pkg-config libssl-dev libseccomp-dev libcap-ng-dev musl-tools
     docker-registry apache2-utils skopeo umoci runc
     qemu-system-x86 acpica-tools busybox-static e2fsprogs cpio zstd xz-utils lz4
     iproute2 procps hyperfine openssl
@@ -32,6 +32,17 @@ fi
 # The Debian package starts a registry on :5000 through its service; tests start their own.
 if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
     need_root systemctl stop docker-registry || true
+fi
+
+# virtio-fs for volumes in VM isolation: virtiofsd (the Rust one, from crates.io; Debian
+# 12 does not package it), into /usr/local/bin. Its build needs libseccomp and libcap-ng.
+VIRTIOFSD_VERSION=1.14.0
+if ! /usr/local/bin/virtiofsd --version 2>/dev/null | grep -qx "virtiofsd $VIRTIOFSD_VERSION"; then
+    log "installing virtiofsd $VIRTIOFSD_VERSION (cargo install)"
+    vfs=$(mktemp -d)
+    cargo install --quiet --locked --root "$vfs" virtiofsd --version "$VIRTIOFSD_VERSION"
+    need_root install -m 0755 "$vfs/bin/virtiofsd" /usr/local/bin/virtiofsd
+    rm -rf "$vfs"
 fi
 
 # The guest agent is a static musl binary.

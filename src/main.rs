@@ -5,6 +5,7 @@ mod cli;
 mod compare;
 mod container;
 mod isolation;
+mod liveness;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -242,6 +242,16 @@ fn common_options(m: &mut Mode) {
         &["sh", "-c", "test -t 1 && echo is-a-tty"],
         &["is-a-tty"],
     );
+    // A bind mount.
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("f"), "shared\n").unwrap();
+    let bind = format!("{}:/data:ro", share.path().display());
+    m.works(
+        &["volume"],
+        &["--rm", "-v", &bind],
+        &["cat", "/data/f"],
+        &["shared\n"],
+    );
     // -d.
     let out = m.run(&["-d", "--name", "bg"], &["sleep", "30"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
@@ -273,16 +283,6 @@ fn options_in_container_mode() {
         &["--rm", "--cpus", "1", "--memory", "128m"],
         &["true"],
         &[],
-    );
-    // A bind mount.
-    let share = tempfile::tempdir().unwrap();
-    std::fs::write(share.path().join("f"), "shared\n").unwrap();
-    let bind = format!("{}:/data:ro", share.path().display());
-    m.works(
-        &["volume"],
-        &["--rm", "-v", &bind],
-        &["cat", "/data/f"],
-        &["shared\n"],
     );
     // The host's network namespace: more than loopback.
     let out = m.run(
@@ -340,6 +340,5 @@ fn options_in_vm_mode() {
         &[],
     );
     m.refused("network", &["--network", "host"]);
-    m.refused("volume", &["-v", "/tmp:/host-tmp"]);
     m.all_covered();
 }

@@ -222,6 +222,12 @@ mod tests {
                 readonly_paths: vec!["/proc/sys".into()],
                 tmpfs: vec!["/scratch".into()],
                 pids_limit: Some(64),
+                volumes: vec![crate::message::VolumeSpec {
+                    tag: "vessel-vol0".into(),
+                    destination: "/data".into(),
+                    read_only: true,
+                    file: Some("f.txt".into()),
+                }],
             }),
             confinement: Some(crate::message::Confinement {
                 capabilities: vec![0, 5, 21],

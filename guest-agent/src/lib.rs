@@ -13,5 +13,5 @@ pub mod message;
 
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_PAYLOAD};
 pub use message::{
-    Confinement, ExitStatus, Message, ProcessSpec, RootfsSpec, SpawnErrorKind, StreamId,
+    Confinement, ExitStatus, Message, ProcessSpec, RootfsSpec, SpawnErrorKind, StreamId, VolumeSpec,
 };

@@ -68,6 +68,25 @@ pub struct RootfsSpec {
     /// `--pids-limit`: the most processes the container may have.
     #[serde(default)]
     pub pids_limit: Option<i64>,
+    /// Host directories shared over virtio-fs (`-v`), in mount order.
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// One `-v HOST:CTR[:ro]` in a VM: a virtio-fs device (its tag) that shares a host
+/// directory, and where it appears in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// The virtio-fs tag the host gave the device.
+    pub tag: String,
+    /// Absolute path in the container.
+    pub destination: String,
+    /// Mounted read-only (writes fail with EROFS).
+    pub read_only: bool,
+    /// For a single-file bind: the file's name in the shared directory (its parent), which
+    /// alone is bound at `destination`.
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 /// What confines a container's process, as container mode confines it on the host.

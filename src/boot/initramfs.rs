@@ -12,7 +12,7 @@ use super::kernel::Kernel;
 use super::{agent, modules, BootError};
 
 /// Bumped whenever the archive's layout changes, so old caches are not reused.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// A packed initramfs.
 pub struct Initramfs {
@@ -42,6 +42,7 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
         stamp(m).hash(&mut h);
     }
     modules::NEEDED.hash(&mut h);
+    modules::VOLUMES.hash(&mut h);
     let dir = super::cache_dir(root);
     let path = dir.join(format!("initramfs-{:016x}.cpio", h.finish()));
     if path.is_file() {
@@ -49,9 +50,23 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
     }
     std::fs::create_dir_all(&dir)
         .map_err(|e| BootError::io(format!("creating {}", dir.display()), e))?;
-    let mods = match &kernel.modules {
-        Some(m) => modules::resolve(m, modules::NEEDED)?,
-        None => Vec::new(),
+    // Every VM loads `mods`; one with volumes also loads `vol_mods`, what virtio-fs needs
+    // beyond them.
+    let (mods, vol_mods) = match &kernel.modules {
+        Some(m) => {
+            let boot = modules::resolve(m, modules::NEEDED)?;
+            let all: Vec<&str> = modules::NEEDED
+                .iter()
+                .chain(modules::VOLUMES)
+                .copied()
+                .collect();
+            let extra = modules::resolve(m, &all)?
+                .into_iter()
+                .filter(|x| !boot.iter().any(|b| b.name == x.name))
+                .collect();
+            (boot, extra)
+        }
+        None => (Vec::new(), Vec::new()),
     };
     let agent_bin = std::fs::read(&agent)
         .map_err(|e| BootError::io(format!("reading {}", agent.display()), e))?;
@@ -65,14 +80,16 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
         // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
         w.char_dev("dev/console", 0o600, 5, 1)?;
         w.file("init", 0o755, &agent_bin)?;
-        let mut order = String::new();
-        for m in &mods {
-            let name = format!("{}.ko", m.name);
-            w.file(&format!("modules/{name}"), 0o644, &m.data)?;
-            order.push_str(&name);
-            order.push('\n');
+        for (list, set) in [("order", &mods), ("volumes.order", &vol_mods)] {
+            let mut order = String::new();
+            for m in set {
+                let name = format!("{}.ko", m.name);
+                w.file(&format!("modules/{name}"), 0o644, &m.data)?;
+                order.push_str(&name);
+                order.push('\n');
+            }
+            w.file(&format!("modules/{list}"), 0o644, order.as_bytes())?;
         }
-        w.file("modules/order", 0o644, order.as_bytes())?;
         let mut out = w.finish()?;
         out.flush()?;
         out.get_ref().sync_all()?;

@@ -22,6 +22,10 @@ pub const NEEDED: &[&str] = &[
     "overlay",
 ];
 
+/// Loaded by the agent only for a container with volumes (`-v`): virtio-fs and what it
+/// needs beyond [`NEEDED`].
+pub const VOLUMES: &[&str] = &["virtiofs"];
+
 /// One module ready to pack: its name and its uncompressed ELF.
 pub struct Module {
     /// Module name (underscores).

@@ -16,7 +16,7 @@ use crate::container::image::PullPolicy;
 use crate::container::lifecycle::{self, ExecRequest, RunRequest};
 use crate::container::process::{self, Overrides};
 use crate::container::record::{Records, State};
-use crate::container::{layout, logs, recovery};
+use crate::container::{layout, logs, recovery, volumes};
 use crate::isolation::{BindMount, Exit, IsolationKind, NetworkMode, Resources, VmOptions};
 
 pub use super::ps::{ps, PsArgs};
@@ -259,20 +259,36 @@ pub(super) fn open(root: &Path) -> Result<(Store, Records)> {
     Ok((store, records))
 }
 
-fn parse_bind(v: &str) -> Result<BindMount> {
+/// Parses `-v HOST:CTR[:ro|rw]` or `-v NAME:CTR[:ro|rw]`; a named volume is created under
+/// `root` when it does not exist yet (as docker does).
+fn parse_bind(root: &Path, v: &str) -> Result<BindMount> {
     let parts: Vec<&str> = v.split(':').collect();
     let (src, dst, mode) = match parts.as_slice() {
         [s, d] => (*s, *d, "rw"),
         [s, d, m] => (*s, *d, *m),
-        _ => bail!("invalid volume {v:?}: expected HOST:CONTAINER[:ro|rw]"),
+        _ => {
+            bail!("invalid volume {v:?}: expected HOST:CONTAINER[:ro|rw] or NAME:CONTAINER[:ro|rw]")
+        }
     };
     let read_only = match mode {
         "ro" => true,
         "rw" => false,
         m => bail!("invalid volume mode {m:?} in {v:?}: expected ro or rw"),
     };
-    if !src.starts_with('/') || !dst.starts_with('/') {
-        bail!("invalid volume {v:?}: both paths must be absolute");
+    if !dst.starts_with('/') {
+        bail!("invalid volume {v:?}: the container path must be absolute");
+    }
+    if volumes::is_volume_name(src) {
+        let vol = volumes::create(root, src)?;
+        return Ok(BindMount {
+            source: vol.mountpoint,
+            destination: PathBuf::from(dst),
+            read_only,
+            volume: Some(src.to_string()),
+        });
+    }
+    if !src.starts_with('/') {
+        bail!("invalid volume {v:?}: a host path must be absolute (or name a volume: [a-zA-Z0-9][a-zA-Z0-9_.-]*)");
     }
     let source = Path::new(src)
         .canonicalize()
@@ -281,6 +297,7 @@ fn parse_bind(v: &str) -> Result<BindMount> {
         source,
         destination: PathBuf::from(dst),
         read_only,
+        volume: None,
     })
 }
 
@@ -328,7 +345,7 @@ fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
         binds: args
             .volume
             .iter()
-            .map(|v| parse_bind(v))
+            .map(|v| parse_bind(root, v))
             .collect::<Result<Vec<_>>>()?,
         tmpfs: args.tmpfs.iter().map(PathBuf::from).collect(),
         read_only: args.read_only,
@@ -549,14 +566,20 @@ mod tests {
 
     #[test]
     fn binds() {
-        let b = parse_bind("/tmp:/data:ro").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let b = parse_bind(r, "/tmp:/data:ro").unwrap();
         assert!(b.read_only);
         assert_eq!(b.destination, PathBuf::from("/data"));
-        assert!(!parse_bind("/tmp:/data").unwrap().read_only);
-        assert!(parse_bind("tmp:/data").is_err());
-        assert!(parse_bind("/tmp:data").is_err());
-        assert!(parse_bind("/tmp:/data:rx").is_err());
-        assert!(parse_bind("/tmp").is_err());
-        assert!(parse_bind("/no/such/dir/at/all:/data").is_err());
+        assert!(!parse_bind(r, "/tmp:/data").unwrap().read_only);
+        assert!(parse_bind(r, "/tmp:data").is_err());
+        assert!(parse_bind(r, "/tmp:/data:rx").is_err());
+        assert!(parse_bind(r, "/tmp").is_err());
+        assert!(parse_bind(r, "/no/such/dir/at/all:/data").is_err());
+        assert!(parse_bind(r, "./rel:/data").is_err());
+        // A name is a volume, made on first use.
+        let v = parse_bind(r, "cache:/data").unwrap();
+        assert_eq!(v.volume.as_deref(), Some("cache"));
+        assert!(v.source.is_dir() && v.source.starts_with(r));
     }
 }

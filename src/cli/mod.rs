@@ -12,6 +12,7 @@ mod containers;
 mod images;
 mod kernel;
 mod ps;
+mod volumes;
 
 /// Exit status of a failed command other than `run` (which uses docker's 125/126/127 itself).
 pub const EXIT_FAILED: u8 = 1;
@@ -64,6 +65,8 @@ pub enum Command {
     /// Supervise a detached container (internal).
     #[command(name = "__supervise", hide = true)]
     Supervise(containers::SuperviseArgs),
+    /// Manage named volumes (`-v NAME:/path`).
+    Volume(volumes::VolumeArgs),
     /// Show the guest kernel, modules and VMM that VM isolation uses; install a guest kernel.
     Kernel(kernel::KernelArgs),
     /// Run an image in container and VM isolation and compare them side by side.
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
         Command::Supervise(a) => containers::supervise(&root, a),
         Command::Compare(a) => compare::compare(&root, a),
         Command::Kernel(a) => kernel::kernel(&root, a),
+        Command::Volume(a) => volumes::volume(&root, a),
     };
     match result {
         Ok(code) => code,

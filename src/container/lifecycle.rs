@@ -20,12 +20,13 @@ use super::image::{self, PullPolicy};
 use super::process::{self, ImageDefaults, Overrides};
 use super::record::{Record, Records, State};
 use super::supervise::{self, Attach};
-use super::{layout, liveness, names, now, recovery};
+use super::{layout, names, now, recovery};
 use crate::isolation::options;
 use crate::isolation::{
     self, BindMount, Exit, IsolationKind, LaunchSpec, NetworkMode, ProcessSpec, Resources, Target,
     VmOptions,
 };
+use crate::liveness;
 
 /// How long a container may take to end after a delivered SIGKILL (a VM's guest still
 /// reports the exit and powers off) before vessel kills it from the outside.

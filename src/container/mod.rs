@@ -4,7 +4,6 @@
 pub mod image;
 pub mod layout;
 pub mod lifecycle;
-pub mod liveness;
 pub mod logs;
 pub mod names;
 pub mod process;
@@ -13,6 +12,7 @@ pub mod recovery;
 pub mod signals;
 pub mod supervise;
 pub mod user;
+pub mod volumes;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {

@@ -8,9 +8,9 @@ use std::path::Path;
 use vessel_images::Store;
 
 use super::layout;
-use super::liveness;
 use super::record::{Record, RecordError, Records, State};
 use crate::isolation::{self, IsolationError, IsolationKind, Target};
+use crate::liveness;
 
 /// Why removing a container failed.
 #[derive(Debug, thiserror::Error)]

@@ -46,6 +46,9 @@ pub struct BindMount {
     pub destination: PathBuf,
     /// Mounted read-only.
     pub read_only: bool,
+    /// The named volume whose directory `source` is (`-v NAME:/path`), if it is one.
+    #[serde(default)]
+    pub volume: Option<String>,
 }
 
 /// Resource limits; `None` means unlimited.

@@ -16,6 +16,7 @@ mod process;
 mod qemu;
 mod socket_path;
 mod stream;
+mod virtiofs;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -23,10 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vessel_agent::{Confinement, FrameWriter, Message, RootfsSpec};
+use vessel_agent::{Confinement, FrameWriter, Message, RootfsSpec, VolumeSpec};
 
 use super::options::{RunOption, Support};
-use super::{confinement, seccomp, Backend, IsolationError, LaunchSpec, Process, Stdio, Target};
+use super::{
+    confinement, seccomp, Backend, BindMount, IsolationError, LaunchSpec, Process, Stdio, Target,
+};
 use crate::boot;
 use crate::isolation::ProcessSpec;
 use choice::Vmm;
@@ -162,6 +165,56 @@ fn own_vmm(dir: &Path) -> Option<i32> {
 /// Present while a VM is being killed on purpose (`kill_now`).
 pub(crate) fn killed_marker(dir: &Path) -> PathBuf {
     dir.join("killed")
+}
+
+/// The host directory each bind shares: the source itself, or a file's parent directory
+/// (single-file binds share the directory and bind the one file in the guest).
+fn shares_of(binds: &[BindMount]) -> Result<Vec<virtiofs::Share>, IsolationError> {
+    binds
+        .iter()
+        .map(|b| {
+            let dir = if b.source.is_dir() {
+                b.source.clone()
+            } else {
+                b.source
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| IsolationError::runtime("sharing a volume", "no parent"))?
+            };
+            Ok(virtiofs::Share {
+                dir,
+                read_only: b.read_only,
+            })
+        })
+        .collect()
+}
+
+/// The guest's view of the binds: which virtio-fs tag to mount where.
+fn volume_specs(binds: &[BindMount]) -> Result<Vec<VolumeSpec>, IsolationError> {
+    binds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let file = if b.source.is_dir() {
+                None
+            } else {
+                Some(
+                    b.source
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .ok_or_else(|| {
+                            IsolationError::runtime("sharing a volume", "no file name")
+                        })?,
+                )
+            };
+            Ok(VolumeSpec {
+                tag: virtiofs::tag(i),
+                destination: b.destination.to_string_lossy().into_owned(),
+                read_only: b.read_only,
+                file,
+            })
+        })
+        .collect()
 }
 
 /// The guest's view of the process spec. Only the first start carries the root
@@ -341,8 +394,16 @@ fn requested_vmm(spec: &LaunchSpec) -> &str {
 
 impl Backend for VmBackend {
     fn validate(&self, spec: &LaunchSpec) -> Result<Vec<String>, IsolationError> {
-        choice::choose(requested_vmm(spec))
+        let choice = choice::choose(requested_vmm(spec))
             .map_err(|e| IsolationError::Refused(format!("VM isolation: {e}")))?;
+        if !spec.binds.is_empty() {
+            virtiofs::binary().map_err(|e| IsolationError::Refused(format!("--volume: {e}")))?;
+            if choice.vmm == Vmm::Builtin {
+                return Err(IsolationError::Refused(
+                    "--volume is not available on the built-in VMM yet: use --vmm qemu".into(),
+                ));
+            }
+        }
         let size = size_of(&spec.resources, &host_limits()).map_err(IsolationError::Refused)?;
         // The start request, without the confinement the start adds (its seccomp program
         // is a few KiB): one the protocol cannot carry is refused before anything boots.
@@ -367,12 +428,9 @@ impl Backend for VmBackend {
                 "a VM has a kernel and network stack of its own and cannot share the \
                  host's; use --isolation container for --network host",
             ),
-            Volume => Support::No(
-                "volumes in VM isolation are not implemented yet; use --isolation container",
-            ),
             Vmm | Kernel | Debug | Cpus | Memory | PidsLimit | Interactive | Tty | Env
-            | Workdir | User | Entrypoint | Tmpfs | ReadOnly | NetworkNone | Hostname | CapAdd
-            | CapDrop => Support::Yes,
+            | Workdir | User | Entrypoint | Volume | Tmpfs | ReadOnly | NetworkNone | Hostname
+            | CapAdd | CapDrop => Support::Yes,
         }
     }
 
@@ -396,6 +454,7 @@ impl Backend for VmBackend {
                 .map(|t| t.to_string_lossy().into_owned())
                 .collect(),
             pids_limit: spec.resources.pids,
+            volumes: volume_specs(&spec.binds)?,
         };
         let start = Message::Start {
             stream: 0,
@@ -438,7 +497,13 @@ impl Backend for VmBackend {
             .map_err(|e| IsolationError::runtime("creating the container disk", e))?;
         let channel_path = socket_path::socket_path(&spec.dir, "agent.sock")
             .map_err(|e| IsolationError::io("naming the agent socket", e))?;
+        let daemons = virtiofs::start(&shares_of(&spec.binds)?, &spec.dir)
+            .map_err(|e| IsolationError::runtime("sharing the volumes", e))?;
         let mspec = MachineSpec {
+            shares: daemons
+                .iter()
+                .map(|d| (d.tag.clone(), d.socket.path.clone()))
+                .collect(),
             kernel: boot_image,
             initrd: initramfs.path.clone(),
             cmdline: kernel_cmdline(choice.vmm, debug),
@@ -455,12 +520,10 @@ impl Backend for VmBackend {
         if debug {
             follow_console(mspec.console_log.clone(), end.clone());
         }
-        let mut machine =
-            Machine::boot(&mspec, choice.vmm, &spec.dir, boot_timeout()).map_err(|m| {
-                IsolationError::Runtime {
-                    context: "booting the VM",
-                    message: m,
-                }
+        let mut machine = Machine::boot(&mspec, choice.vmm, &spec.dir, boot_timeout(), daemons)
+            .map_err(|m| IsolationError::Runtime {
+                context: "booting the VM",
+                message: m,
             })?;
         if debug {
             eprintln!("vessel: vm guest kernel {} is up", machine.kernel_release);
@@ -588,6 +651,7 @@ impl Backend for VmBackend {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+        virtiofs::cleanup(&target.dir);
         for f in [
             pidf,
             killed_marker(&target.dir),

@@ -137,6 +137,7 @@ mod tests {
                 source: "/host".into(),
                 destination: "/data".into(),
                 read_only: true,
+                volume: None,
             }],
             tmpfs: vec!["/scratch".into()],
             read_only: true,

@@ -89,6 +89,7 @@ mod tests {
             container_disk: "/container.ext4".into(),
             channel: "/c.sock".into(),
             console_log: "/log".into(),
+            shares: Vec::new(),
         };
         let c = vm_config(&spec);
         let json = serde_json::to_string(&c).unwrap();

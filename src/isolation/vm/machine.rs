@@ -24,6 +24,8 @@ const LOG_TAIL: usize = 12;
 /// A booted VM whose agent has said it is ready.
 pub struct Machine {
     child: Child,
+    /// The virtiofsd daemons of the VM's volumes.
+    daemons: Vec<super::virtiofs::Daemon>,
     /// The channel to the agent.
     pub channel: UnixStream,
     /// The guest kernel's release, as the agent reported it.
@@ -106,6 +108,7 @@ impl Machine {
         vmm: Vmm,
         dir: &Path,
         timeout: Duration,
+        mut daemons: Vec<super::virtiofs::Daemon>,
     ) -> Result<Machine, String> {
         let vmm_log = dir.join("vmm.log");
         let _ = std::fs::remove_file(&spec.channel);
@@ -153,9 +156,10 @@ impl Machine {
             .map_err(|e| format!("starting the VMM ({vmm}): {e}"))?;
         let _ = std::fs::write(pid_file(dir), child.id().to_string());
         let deadline = started_at + timeout;
-        let fail = |child: &mut Child, what: String| -> String {
+        let mut fail = |child: &mut Child, what: String| -> String {
             let _ = child.kill();
             let _ = child.wait();
+            super::virtiofs::stop(&mut daemons);
             let _ = std::fs::remove_file(&spec.channel);
             failure(&what, &spec.console_log, &vmm_log)
         };
@@ -231,6 +235,7 @@ impl Machine {
         channel.set_read_timeout(None).map_err(|e| e.to_string())?;
         Ok(Machine {
             child,
+            daemons,
             channel,
             kernel_release,
             console_log: spec.console_log.clone(),
@@ -248,17 +253,19 @@ impl Machine {
     /// Waits up to `grace` for the VMM to exit by itself (the guest powers off), then kills it.
     pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + grace;
-        loop {
+        let status = loop {
             if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
+                break Some(st);
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                return None;
+                break None;
             }
             std::thread::sleep(Duration::from_millis(5));
-        }
+        };
+        super::virtiofs::stop(&mut self.daemons);
+        status
     }
 
     /// A failure report with this VM's logs.

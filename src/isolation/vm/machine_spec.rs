@@ -23,4 +23,6 @@ pub struct MachineSpec {
     pub channel: PathBuf,
     /// Where the serial port (the kernel log) is written.
     pub console_log: PathBuf,
+    /// virtio-fs devices: (tag, vhost-user socket of its virtiofsd).
+    pub shares: Vec<(String, PathBuf)>,
 }

@@ -14,7 +14,19 @@ pub const BINARY: &str = "qemu-system-x86_64";
 pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
     let mut c = Command::new(BINARY);
     // The RTC stays on: without it the Debian kernel's boot takes about 2 s longer here.
-    c.args(["-M", "microvm,x-option-roms=off"]);
+    if spec.shares.is_empty() {
+        c.args(["-M", "microvm,x-option-roms=off"]);
+    } else {
+        // vhost-user: virtiofsd maps the guest's memory, so it must be shareable memory;
+        // and it speaks virtio 1.x only, which virtio-mmio gives when not legacy.
+        c.args(["-M", "microvm,x-option-roms=off,memory-backend=mem"])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                spec.memory_mib
+            ))
+            .args(["-global", "virtio-mmio.force-legacy=false"]);
+    }
     if kvm {
         // `host`/`max` abort on some nested KVMs setting MSR 0x10a; qemu64 minus cx16 runs.
         c.args(["-accel", "kvm", "-cpu", "qemu64,-cx16"]);
@@ -61,6 +73,15 @@ pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
         ))
         .arg("-device")
         .arg(format!("virtserialport,chardev=agent,name={AGENT_PORT}"));
+    for (i, (tag, socket)) in spec.shares.iter().enumerate() {
+        c.arg("-chardev")
+            .arg(format!(
+                "socket,id=fs{i},path={}",
+                qemu_escape(&socket.to_string_lossy())
+            ))
+            .arg("-device")
+            .arg(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
+    }
     c
 }
 

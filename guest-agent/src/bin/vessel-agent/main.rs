@@ -17,6 +17,7 @@ mod power;
 mod process;
 mod rootfs;
 mod supervisor;
+mod volumes;
 
 /// Writes one line to the console, prefixed so it stands out among the kernel's lines.
 macro_rules! log {
@@ -48,7 +49,7 @@ fn main() {
 fn run() -> Result<(), String> {
     mounts::early().map_err(|e| format!("mounting /proc, /sys, /dev: {e}"))?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    modules::load_all(std::path::Path::new("/modules"), &cmdline)?;
+    modules::load_all(std::path::Path::new("/modules"), "order", &cmdline)?;
     net::loopback_up().map_err(|e| format!("bringing up loopback: {e}"))?;
     let chan = channel::open().map_err(|e| format!("opening the host channel: {e}"))?;
     supervisor::serve(chan, &cmdline)

@@ -11,12 +11,14 @@ use std::path::Path;
 
 use crate::log;
 
-/// Loads every module listed in `dir/order`, in order.
-pub fn load_all(dir: &Path, cmdline: &str) -> Result<(), String> {
-    let order = match std::fs::read_to_string(dir.join("order")) {
+/// Loads every module listed in `dir/<list>`, in order (`order`: those every VM needs;
+/// `volumes.order`: virtio-fs, loaded when a container has volumes). A missing list is an
+/// empty one (a kernel with everything built in).
+pub fn load_all(dir: &Path, list: &str, cmdline: &str) -> Result<(), String> {
+    let order = match std::fs::read_to_string(dir.join(list)) {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("reading {}/order: {e}", dir.display())),
+        Err(e) => return Err(format!("reading {}/{list}: {e}", dir.display())),
     };
     for file in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let name = file.trim_end_matches(".ko").replace('-', "_");

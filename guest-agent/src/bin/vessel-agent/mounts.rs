@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::io;
 use std::path::Path;
 
-/// Mounts `fstype` at `target` (created if missing) with flags and data.
+/// Mounts `fstype` at `target` (a directory created if missing) with flags and data.
 pub fn mount(
     source: &str,
     target: &Path,
@@ -12,7 +12,10 @@ pub fn mount(
     flags: libc::c_ulong,
     data: Option<&str>,
 ) -> io::Result<()> {
-    std::fs::create_dir_all(target)?;
+    // A missing mount point is made a directory; an existing file is a file's mount point.
+    if !target.exists() {
+        std::fs::create_dir_all(target)?;
+    }
     let src = CString::new(source)?;
     let tgt = CString::new(target.as_os_str().as_encoded_bytes())?;
     let fs = CString::new(fstype)?;

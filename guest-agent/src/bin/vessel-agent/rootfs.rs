@@ -67,9 +67,10 @@ fn populate_dev(dev: &Path) -> std::io::Result<()> {
 /// Where the container's root is assembled; processes are chrooted here.
 pub const ROOT: &str = "/run/vessel/root";
 
-/// Mounts everything and sets the hostname; returns the root directory. `workdir`, the
-/// first process's working directory, is made while the root can still be written.
-pub fn assemble(spec: &RootfsSpec, workdir: &str) -> Result<PathBuf, String> {
+/// Mounts everything (volumes too) and sets the hostname; returns the root directory.
+/// `workdir`, the first process's working directory, is made while the root can still be
+/// written.
+pub fn assemble(spec: &RootfsSpec, workdir: &str, cmdline: &str) -> Result<PathBuf, String> {
     let d = disks::find()?;
     let image = Path::new("/run/vessel/image");
     let rw = Path::new("/run/vessel/rw");
@@ -116,6 +117,8 @@ pub fn assemble(spec: &RootfsSpec, workdir: &str) -> Result<PathBuf, String> {
         std::fs::create_dir_all(root.join(t.trim_start_matches('/')))
             .map_err(|e| format!("--tmpfs {t}: {e}"))?;
     }
+    // Before the root turns read-only: their mount points may have to be made.
+    crate::volumes::mount_all(root, &spec.volumes, cmdline)?;
     if spec.readonly {
         mount(
             "",

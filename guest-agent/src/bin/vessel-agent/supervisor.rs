@@ -47,7 +47,7 @@ fn send(w: &Writer, msg: Message) {
 }
 
 /// Runs until the host asks for shutdown, the main process ends, or the channel breaks.
-pub fn serve(chan: File, _cmdline: &str) -> Result<(), String> {
+pub fn serve(chan: File, cmdline: &str) -> Result<(), String> {
     let out = chan.try_clone().map_err(|e| e.to_string())?;
     let writer: Writer = Arc::new(Mutex::new(FrameWriter::new(out)));
     send(
@@ -72,7 +72,7 @@ pub fn serve(chan: File, _cmdline: &str) -> Result<(), String> {
         match msg {
             Message::Start { stream, spec } => {
                 if container.is_none() {
-                    match Container::set_up(&spec) {
+                    match Container::set_up(&spec, cmdline) {
                         Ok(c) => container = Some(c),
                         Err(message) => {
                             log!("{message}");
@@ -171,11 +171,11 @@ struct Container {
 
 impl Container {
     /// Assembles the root from the disks and prepares the namespaces (first start only).
-    fn set_up(spec: &vessel_agent::ProcessSpec) -> Result<Container, String> {
+    fn set_up(spec: &vessel_agent::ProcessSpec, cmdline: &str) -> Result<Container, String> {
         let Some(rootfs_spec) = spec.rootfs.as_ref() else {
             return Err("the first start must describe the root filesystem".into());
         };
-        let root = rootfs::assemble(rootfs_spec, &spec.cwd)
+        let root = rootfs::assemble(rootfs_spec, &spec.cwd, cmdline)
             .map_err(|e| format!("assembling the root filesystem: {e}"))?;
         let first = Entry::first(&root, rootfs_spec)
             .map_err(|e| format!("preparing the container's namespaces: {e}"))?;

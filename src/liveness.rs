@@ -1,5 +1,5 @@
-//! Is the vessel process that supervises a container still alive? A PID alone can be
-//! reused, so the process's start time is recorded with it.
+//! Is a process the one that was recorded? A PID alone can be reused, so the process's start
+//! time is recorded with it (supervisors, virtiofsd daemons).
 
 /// Start time of `pid` in clock ticks after boot (field 22 of /proc/PID/stat).
 pub fn start_time(pid: i32) -> Option<u64> {
