@@ -6,7 +6,8 @@
 #
 # Where this host's /dev/kvm cannot boot Linux (this project's machines: kvm_pvm), the
 # tests that need a real KVM run in a nested-KVM guest instead (scripts/nested-kvm.sh):
-# the built-in VMM's end-to-end tests (tests/vm_run.rs, mod builtin_vmm), the VMM's Linux
+# the built-in VMM's end-to-end tests (tests/vm_run.rs and tests/volumes.rs, mod
+# builtin_vmm), the VMM's Linux
 # boot and console round trip (vmm/tests/boot_linux.rs), and the container-mode tests
 # that go through cgroups (cpu quota, pids and memory limits, the cgroup's removal with
 # --rm and after a killed vessel) a second time, there on a pure cgroup v2 hierarchy (all
@@ -50,7 +51,7 @@ cargo test --workspace --no-fail-fast -- --show-output --test-threads="$threads"
     "${skip_args[@]}" 2>&1 | tee "$log" || status=$?
 
 if [ "$nested" = 1 ]; then
-    for t in vm_run boot_linux container_run container_lifecycle; do
+    for t in vm_run volumes boot_linux container_run container_lifecycle; do
         [ -n "${bin[$t]:-}" ] || { echo "test.sh: no test executable for $t" >&2; exit 1; }
     done
     echo
@@ -61,13 +62,15 @@ if [ "$nested" = 1 ]; then
         s=0
         (cd vmm && "$2" --show-output --color=never) || s=1
         "$1" builtin_vmm:: --show-output --color=never --test-threads=1 || s=1
+        # Shared directories on the guest'"'"'s tmpfs: its /tmp is itself virtio-fs.
+        TMPDIR=/run "$5" builtin_vmm:: --show-output --color=never --test-threads=1 || s=1
         echo "cgroup: $(stat -fc %T /sys/fs/cgroup), controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
         TMPDIR=/run "$3" --show-output --color=never --test-threads=2 \
             cpu_quota_is_applied pids_limit_stops_a_fork_bomb memory_limit \
             rm_flag_leaves_nothing_behind || s=1
         TMPDIR=/run "$4" --show-output --color=never next_invocation_cleans_up || s=1
         exit $s' _ "${bin[vm_run]}" "${bin[boot_linux]}" "${bin[container_run]}" \
-        "${bin[container_lifecycle]}" \
+        "${bin[container_lifecycle]}" "${bin[volumes]}" \
         2>&1 | tee -a "$log" || status=1
 fi
 

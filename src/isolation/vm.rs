@@ -394,15 +394,10 @@ fn requested_vmm(spec: &LaunchSpec) -> &str {
 
 impl Backend for VmBackend {
     fn validate(&self, spec: &LaunchSpec) -> Result<Vec<String>, IsolationError> {
-        let choice = choice::choose(requested_vmm(spec))
+        choice::choose(requested_vmm(spec))
             .map_err(|e| IsolationError::Refused(format!("VM isolation: {e}")))?;
         if !spec.binds.is_empty() {
             virtiofs::binary().map_err(|e| IsolationError::Refused(format!("--volume: {e}")))?;
-            if choice.vmm == Vmm::Builtin {
-                return Err(IsolationError::Refused(
-                    "--volume is not available on the built-in VMM yet: use --vmm qemu".into(),
-                ));
-            }
         }
         let size = size_of(&spec.resources, &host_limits()).map_err(IsolationError::Refused)?;
         // The start request, without the confinement the start adds (its seccomp program

@@ -49,6 +49,10 @@ pub struct VmConfig {
     /// the host is slow; writes to a console port spin the vCPU.
     #[serde(default)]
     pub console_port: Option<String>,
+    /// virtio-fs devices, each a vhost-user frontend to a backend (virtiofsd) listening
+    /// on a Unix socket. With any, guest memory is a shared memfd the backends map.
+    #[serde(default)]
+    pub filesystems: Vec<FsConfig>,
     /// Where the 8250 serial port's output (the kernel log) goes.
     #[serde(default)]
     pub serial: SerialOutput,
@@ -143,6 +147,16 @@ pub enum ConsoleConfig {
     },
 }
 
+/// One virtio-fs device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The vhost-user backend's socket (it listens; the VMM connects).
+    pub socket: PathBuf,
+    /// The tag the guest mounts it by (at most 36 bytes).
+    pub tag: String,
+}
+
 /// Where the serial port's output goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
@@ -194,6 +208,7 @@ impl VmConfig {
             disks: Vec::new(),
             console: ConsoleConfig::None,
             console_port: None,
+            filesystems: Vec::new(),
             serial: SerialOutput::None,
             timeout_ms: None,
             virtio_mmio_cmdline: false,

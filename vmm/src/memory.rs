@@ -101,6 +101,9 @@ pub enum MemoryError {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    /// The memfd for shared guest memory could not be made or sized.
+    #[error("cannot make the guest memory's memfd: {0}")]
+    Memfd(std::io::Error),
 }
 
 /// The RAM ranges for `memory_mib` of guest memory, split around the MMIO hole.
@@ -118,6 +121,40 @@ pub fn ram_ranges(memory_mib: u32) -> Vec<(GuestAddress, usize)> {
 /// guest (or the loader) touches cost host memory.
 pub fn create_guest_memory(memory_mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
     GuestMemoryMmap::from_ranges(&ram_ranges(memory_mib)).map_err(|source| MemoryError::Mmap {
+        mib: memory_mib,
+        source,
+    })
+}
+
+/// Guest memory as above, but in one memfd mapped shared: what a vhost-user backend (a
+/// separate process) needs to map the same pages. Sparse like the anonymous kind: pages
+/// take memory only once touched.
+pub fn create_shared_guest_memory(memory_mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
+    let ranges = ram_ranges(memory_mib);
+    let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+    // SAFETY: memfd_create with a static NUL-terminated name; the fd is owned below.
+    let fd = unsafe { libc::memfd_create(c"vessel-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(MemoryError::Memfd(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just created and nothing else owns it.
+    let file =
+        std::sync::Arc::new(unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    file.set_len(total).map_err(MemoryError::Memfd)?;
+    let mut offset = 0u64;
+    let regions: Vec<_> = ranges
+        .iter()
+        .map(|&(start, len)| {
+            let r = (
+                start,
+                len,
+                Some(vm_memory::FileOffset::from_arc(file.clone(), offset)),
+            );
+            offset += len as u64;
+            r
+        })
+        .collect();
+    GuestMemoryMmap::from_ranges_with_files(regions).map_err(|source| MemoryError::Mmap {
         mib: memory_mib,
         source,
     })

@@ -6,7 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use crate::config::{ConsoleConfig, VmConfig};
-use crate::devices::virtio::{Block, Console, ConsoleBackend, VirtioDevice};
+use crate::devices::virtio::{Block, Console, ConsoleBackend, Fs, VirtioDevice};
 use crate::error::VmmError;
 
 fn console_err(e: impl std::fmt::Display) -> VmmError {
@@ -115,6 +115,11 @@ pub fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, V
             Some(name) => Console::with_port(backend, name),
             None => Console::new(backend),
         }));
+    }
+    for fs in &config.filesystems {
+        let dev = Fs::connect(&fs.socket, &fs.tag)
+            .map_err(|e| VmmError::Device(format!("virtio-fs {}", fs.tag), e.to_string()))?;
+        devices.push(Box::new(dev));
     }
     Ok(devices)
 }

@@ -117,7 +117,12 @@ impl Vm {
         let vm = kvm
             .create_vm()
             .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
-        let mem = memory::create_guest_memory(config.memory_mib)?;
+        // vhost-user backends map guest memory themselves: it must be shared.
+        let mem = if config.filesystems.is_empty() {
+            memory::create_guest_memory(config.memory_mib)?
+        } else {
+            memory::create_shared_guest_memory(config.memory_mib)?
+        };
         register_memory(&vm, &mem)?;
         vm.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;

@@ -5,7 +5,7 @@ use std::process::Command;
 use vessel_agent::channel::AGENT_PORT;
 use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
-use vessel_vmm::config::{ConsoleConfig, DiskConfig, SerialOutput, VmConfig};
+use vessel_vmm::config::{ConsoleConfig, DiskConfig, FsConfig, SerialOutput, VmConfig};
 
 use super::machine_spec::MachineSpec;
 
@@ -65,6 +65,14 @@ fn vm_config(spec: &MachineSpec) -> VmConfig {
             listen: false,
         },
         console_port: Some(AGENT_PORT.into()),
+        filesystems: spec
+            .shares
+            .iter()
+            .map(|(tag, socket)| FsConfig {
+                socket: socket.clone(),
+                tag: tag.clone(),
+            })
+            .collect(),
         serial: SerialOutput::File {
             path: spec.console_log.clone(),
         },

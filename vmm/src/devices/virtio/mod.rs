@@ -8,6 +8,7 @@
 pub mod block;
 pub mod console;
 pub mod console_control;
+pub mod fs;
 #[cfg(any(test, fuzzing))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -26,6 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use block::{Block, BlockError};
 pub use console::{Console, ConsoleBackend};
+pub use fs::Fs;
 pub use mmio::{MmioTransport, MMIO_NOTIFY_OFFSET, MMIO_WINDOW_SIZE};
 
 /// Virtio device type of a block device.
@@ -73,6 +75,9 @@ pub enum DeviceError {
     /// Signalling the guest failed.
     #[error("cannot raise the interrupt: {0}")]
     Interrupt(io::Error),
+    /// A vhost-user backend refused the device's set-up.
+    #[error("vhost-user backend: {0}")]
+    Backend(String),
 }
 
 /// Whether a backend is still usable after an event.
