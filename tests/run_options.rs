@@ -342,3 +342,18 @@ fn options_in_vm_mode() {
     m.refused("network", &["--network", "host"]);
     m.all_covered();
 }
+
+/// An option vessel does not know, before the image, is clap's error (exit 2), never an
+/// image reference; after the image it is the command's.
+#[test]
+fn unknown_options_before_the_image_are_usage_errors() {
+    let root = TestRoot::new();
+    let out = root.run(&["run", "-p", "8080:80", "busybox", "true"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unexpected argument '-p'"), "{stderr}");
+    assert!(stderr.contains("Usage: vessel run"), "{stderr}");
+    assert!(!stderr.contains("invalid reference"), "{stderr}");
+    let out = root.run(&["run", "--bogus", "busybox"]);
+    assert_eq!(out.status.code(), Some(2));
+}
