@@ -44,39 +44,7 @@ ROOT="$WORK/root"
 export VESSEL_KERNEL="$KERNEL"
 
 # A busybox-static image as an OCI layout, written by hand (no vessel code involved).
-python3 - "$WORK" <<'PY'
-import gzip, hashlib, io, json, os, sys, tarfile
-work = sys.argv[1]
-blobs = os.path.join(work, "oci/blobs/sha256")
-os.makedirs(blobs)
-def put(data):
-    d = hashlib.sha256(data).hexdigest()
-    open(os.path.join(blobs, d), "wb").write(data)
-    return "sha256:" + d, len(data)
-buf = io.BytesIO()
-with tarfile.open(fileobj=buf, mode="w") as t:
-    for d in ["bin", "etc", "tmp"]:
-        i = tarfile.TarInfo(d); i.type = tarfile.DIRTYPE; i.mode = 0o755; t.addfile(i)
-    t.add("/bin/busybox", "bin/busybox")
-    for a in ["sh", "true", "echo", "sleep", "cat"]:
-        i = tarfile.TarInfo("bin/" + a); i.type = tarfile.SYMTYPE; i.linkname = "busybox"; t.addfile(i)
-    pw = b"root:x:0:0:root:/root:/bin/sh\n"
-    i = tarfile.TarInfo("etc/passwd"); i.size = len(pw); t.addfile(i, io.BytesIO(pw))
-raw = buf.getvalue()
-layer, lsize = put(gzip.compress(raw, mtime=0))
-config, csize = put(json.dumps({"architecture": "amd64", "os": "linux",
-    "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}}).encode())
-manifest, msize = put(json.dumps({"schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": csize},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": lsize}]}).encode())
-open(os.path.join(work, "oci/oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
-json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "digest": manifest, "size": msize, "annotations": {"org.opencontainers.image.ref.name": "bench/vm:latest"}}]},
-    open(os.path.join(work, "oci/index.json"), "w"))
-PY
-tar -C "$WORK/oci" -cf "$WORK/bench.tar" .
+python3 scripts/busybox-image.py "$WORK/bench.tar" bench/vm:latest sh true echo sleep cat
 "$VESSEL" --root "$ROOT" load -i "$WORK/bench.tar" >&2
 
 VESSEL_VM_TIMINGS=1 python3 - "$RUNS" "$VESSEL" "$ROOT" "$VMM" <<'PY'

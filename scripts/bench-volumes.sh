@@ -25,39 +25,12 @@ export VESSEL_KERNEL="$KERNEL"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/vessel-bench-volumes.XXXXXX")"
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 
-# The image: busybox-static, written as an OCI layout by hand (as bench-vm.sh does).
-python3 - "$WORK" <<'PY'
-import gzip, hashlib, io, json, os, subprocess, sys, tarfile
-work = sys.argv[1]
-blobs = os.path.join(work, "oci/blobs/sha256")
-os.makedirs(blobs)
-def put(data):
-    d = hashlib.sha256(data).hexdigest()
-    open(os.path.join(blobs, d), "wb").write(data)
-    return "sha256:" + d, len(data)
-applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split()
-buf = io.BytesIO()
-with tarfile.open(fileobj=buf, mode="w") as t:
-    for d in ["bin", "etc", "tmp", "data"]:
-        i = tarfile.TarInfo(d); i.type = tarfile.DIRTYPE; i.mode = 0o755; t.addfile(i)
-    t.add("/bin/busybox", "bin/busybox")
-    for a in applets:
-        if a != "busybox":
-            i = tarfile.TarInfo("bin/" + a); i.type = tarfile.SYMTYPE; i.linkname = "busybox"; t.addfile(i)
-raw = buf.getvalue()
-layer, lsize = put(gzip.compress(raw, mtime=0))
-config, csize = put(json.dumps({"architecture": "amd64", "os": "linux",
-    "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}}).encode())
-manifest, msize = put(json.dumps({"schemaVersion": 2,
-    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": csize},
-    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": lsize}]}).encode())
-open(os.path.join(work, "oci/oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"}')
-json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-    "digest": manifest, "size": msize, "annotations": {"org.opencontainers.image.ref.name": "bench/vol:latest"}}]},
-    open(os.path.join(work, "oci/index.json"), "w"))
+# The image: busybox-static with every applet, as an OCI layout written by hand.
+python3 scripts/busybox-image.py "$WORK/image.tar" bench/vol:latest
 # The 5000-file tree to untar: 50 directories of 100 files of 1-4 KB.
+python3 - "$WORK" <<'PY'
+import io, os, sys, tarfile
+work = sys.argv[1]
 with tarfile.open(os.path.join(work, "tree.tar"), "w") as t:
     for d in range(50):
         i = tarfile.TarInfo(f"tree/d{d}"); i.type = tarfile.DIRTYPE; i.mode = 0o755; t.addfile(i)
@@ -65,7 +38,6 @@ with tarfile.open(os.path.join(work, "tree.tar"), "w") as t:
             data = os.urandom(1024 * (1 + (d * 100 + f) % 4))
             i = tarfile.TarInfo(f"tree/d{d}/f{f}"); i.size = len(data); t.addfile(i, io.BytesIO(data))
 PY
-tar -C "$WORK/oci" -cf "$WORK/image.tar" .
 "$VESSEL" --root "$WORK/root" load -i "$WORK/image.tar" >&2
 
 python3 - "$RUNS" "$VESSEL" "$WORK" "$VMM" <<'PY'
