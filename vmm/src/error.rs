@@ -33,4 +33,7 @@ pub enum VmmError {
     /// A host I/O operation failed.
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
+    /// A seccomp filter could not be compiled or installed.
+    #[error("seccomp: {0}")]
+    Seccomp(String),
 }

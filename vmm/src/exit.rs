@@ -12,6 +12,7 @@
 //! | 7 | stopped by the host (stop handle, SIGTERM/SIGINT) |
 //! | 8 | timeout (`timeout_ms` elapsed) |
 //! | 9 | an exit this VMM does not handle |
+//! | 10 | a thread made a system call its seccomp filter forbids (see [`crate::seccomp`]) |
 
 use std::fmt;
 
@@ -87,6 +88,8 @@ impl ExitReason {
 pub const EXIT_HOST_ERROR: i32 = 1;
 /// Exit code for a usage or configuration error.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code when a thread broke its seccomp filter (the SIGSYS reporter's).
+pub const EXIT_SECCOMP: i32 = 10;
 
 /// The instruction bytes KVM attaches to an emulation failure
 /// (`KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES`): `data[0]` holds the
@@ -199,7 +202,7 @@ mod tests {
             },
         ];
         let mut codes: Vec<i32> = reasons.iter().map(ExitReason::exit_code).collect();
-        codes.extend([EXIT_HOST_ERROR, EXIT_USAGE]);
+        codes.extend([EXIT_HOST_ERROR, EXIT_USAGE, EXIT_SECCOMP]);
         let n = codes.len();
         codes.sort();
         codes.dedup();

@@ -14,6 +14,7 @@ pub mod error;
 pub mod event_loop;
 pub mod exit;
 pub mod memory;
+pub mod seccomp;
 pub mod tiny_guest;
 pub mod vcpu;
 pub mod virtio_config;

@@ -23,6 +23,7 @@ use crate::error::VmmError;
 use crate::event_loop::EventLoop;
 use crate::exit::ExitReason;
 use crate::memory::{self, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::seccomp::{self, Filters};
 use crate::vcpu::{self, ExitSignal, VcpuContext};
 use crate::virtio_config;
 
@@ -215,7 +216,15 @@ impl Vm {
     }
 
     /// Runs the VM until it ends; returns why.
-    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+    pub fn run(self) -> Result<ExitReason, VmmError> {
+        self.run_with(None)
+    }
+
+    /// Runs the VM with each thread confined by its seccomp filter (the `vessel-vmm`
+    /// binary's way): vCPU threads install theirs before their first `KVM_RUN`, this thread
+    /// its own before the event loop first waits. A filter that cannot be installed ends
+    /// the VM before the guest runs.
+    pub fn run_with(mut self, filters: Option<Arc<Filters>>) -> Result<ExitReason, VmmError> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (id, fd) in self.vcpus.drain(..).enumerate() {
@@ -226,9 +235,19 @@ impl Vm {
                 exit: self.exit.clone(),
                 mem: self.mem.clone(),
             };
+            let filters = filters.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || vcpu::run_vcpu(fd, ctx));
+                .spawn(move || {
+                    if let Some(f) = filters {
+                        if let Err(e) = seccomp::apply(&f.vcpu) {
+                            ctx.exit.report(Err(e));
+                            return;
+                        }
+                        seccomp::selftest("vcpu");
+                    }
+                    vcpu::run_vcpu(fd, ctx)
+                });
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -237,6 +256,12 @@ impl Vm {
                     break;
                 }
             }
+        }
+        if let Some(f) = &filters {
+            if let Err(e) = seccomp::apply(&f.main) {
+                self.exit.report(Err(e));
+            }
+            seccomp::selftest("main");
         }
         let outcome = EventLoop {
             exit: &self.exit,

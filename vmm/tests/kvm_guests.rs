@@ -625,3 +625,58 @@ fn boot_vcpu_starts_an_application_processor_with_init_sipi() {
     );
     assert_eq!(serial.contents(), b"AB");
 }
+
+#[test]
+fn forbidden_system_call_ends_the_vmm_and_names_the_call() {
+    if skip_without_kvm() {
+        return;
+    }
+    // The test hook exists in debug builds only, as these tests are built.
+    assert!(
+        cfg!(debug_assertions),
+        "the seccomp test hook needs a debug build"
+    );
+    let image = temp_file(&[0xeb, 0xfe]); // jmp $
+    let json = format!(
+        r#"{{"kernel": "{}", "kernel_format": {{"type": "raw", "load_address": 4096, "entry": 4096, "mode": "real"}}, "memory_mib": 16, "timeout_ms": 10000}}"#,
+        image.path().display()
+    );
+    let config = temp_file(json.as_bytes());
+    for role in ["main", "vcpu"] {
+        let start = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+            .arg("--config")
+            .arg(config.path())
+            .env("VESSEL_VMM_SECCOMP_SELFTEST", role)
+            .output()
+            .expect("run vessel-vmm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(vessel_vmm::exit::EXIT_SECCOMP),
+            "{role}: {stderr}"
+        );
+        // getppid is 110 on x86_64, and on neither allow-list.
+        assert!(
+            stderr.contains("forbidden system call 110"),
+            "{role}: {stderr}"
+        );
+        assert!(start.elapsed() < Duration::from_secs(5), "{role}");
+    }
+    // Without the hook the same VM runs under its filters until the timeout.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
+        .arg("--config")
+        .arg(config.path())
+        .env("VESSEL_VMM_SECCOMP_SELFTEST", "none")
+        .spawn()
+        .expect("spawn vessel-vmm");
+    let pid = out.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // SAFETY: SIGTERM to our own child, not yet waited for.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let mut out = out;
+    assert_eq!(out.wait().unwrap().code(), Some(7));
+}

@@ -65,6 +65,11 @@ pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
 /// VMM's last words, indented. A panic's own lines are shown rather than its stack trace.
 pub fn failure(summary: &str, console_log: &Path, vmm_log: &Path) -> String {
     let mut msg = summary.to_string();
+    if let Some(call) = seccomp_violation(vmm_log) {
+        msg.push_str(&format!(
+            ": the VMM's seccomp filter killed it (forbidden system call {call})"
+        ));
+    }
     let all = log_tail(console_log, 2000);
     let panic_at = all
         .iter()
@@ -99,6 +104,26 @@ pub fn failure(summary: &str, console_log: &Path, vmm_log: &Path) -> String {
         msg.push_str(&l);
     }
     msg
+}
+
+/// The system call (number, and name where libseccomp knows it) that `vessel-vmm`'s
+/// seccomp filter ended the VMM for, from the line its SIGSYS handler leaves in its log.
+fn seccomp_violation(vmm_log: &Path) -> Option<String> {
+    const MARK: &str = "seccomp: forbidden system call ";
+    log_tail(vmm_log, 20).iter().rev().find_map(|l| {
+        let rest = &l[l.find(MARK)? + MARK.len()..];
+        let nr: i32 = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()?;
+        Some(
+            match libseccomp::ScmpSyscall::from_raw_syscall(nr).get_name() {
+                Ok(name) => format!("{nr}, {name}"),
+                Err(_) => nr.to_string(),
+            },
+        )
+    })
 }
 
 impl Machine {
@@ -283,4 +308,29 @@ fn wait_briefly(child: &mut Child) -> Option<std::process::ExitStatus> {
         std::thread::sleep(Duration::from_millis(10));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seccomp_kill_is_named_in_the_first_line() {
+        let t = tempfile::tempdir().unwrap();
+        let vmm_log = t.path().join("vmm.log");
+        std::fs::write(
+            &vmm_log,
+            "vessel-vmm: seccomp: forbidden system call 110; the VM is ended\n",
+        )
+        .unwrap();
+        let msg = failure("the VM stopped", &t.path().join("none"), &vmm_log);
+        let first = msg.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "the VM stopped: the VMM's seccomp filter killed it (forbidden system call 110, getppid)"
+        );
+        std::fs::write(&vmm_log, "vessel-vmm: something else\n").unwrap();
+        let msg = failure("the VM stopped", &t.path().join("none"), &vmm_log);
+        assert_eq!(msg.lines().next().unwrap(), "the VM stopped");
+    }
 }

@@ -54,6 +54,16 @@ fn main() {
             std::process::exit(EXIT_USAGE);
         }
     };
+    // Compiled before the VM exists, installed per thread as the VM starts.
+    let filters = match vessel_vmm::seccomp::Filters::compile()
+        .and_then(|f| vessel_vmm::seccomp::install_reporter().map(|_| f))
+    {
+        Ok(f) => std::sync::Arc::new(f),
+        Err(e) => {
+            eprintln!("vessel-vmm: {e}");
+            std::process::exit(EXIT_HOST_ERROR);
+        }
+    };
     let vm = match Vm::new(&config) {
         Ok(vm) => vm,
         Err(e) => {
@@ -69,7 +79,7 @@ fn main() {
         libc::signal(libc::SIGTERM, handler);
         libc::signal(libc::SIGINT, handler);
     }
-    match vm.run() {
+    match vm.run_with(Some(filters)) {
         Ok(reason) => {
             if reason.exit_code() != 0 {
                 eprintln!("vessel-vmm: {reason}");
