@@ -933,6 +933,180 @@ fn guest_keeps_the_hosts_vector_extensions(vmm: &str) {
     }
 }
 
+/// `/proc/PID/status` field `key`.
+fn status_field(pid: i32, key: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .trim()
+        .to_string()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// virtiofsd's file-serving capabilities (CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER,
+/// FSETID, SETGID, SETUID, MKNOD, SETFCAP): the documented minimum of its serving process.
+const VIRTIOFSD_CAPS: &str = "00000000880000df";
+
+fn host_processes_are_jailed(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("hello"), "from the host\n").unwrap();
+    let volume = format!("{}:/data:ro", share.path().display());
+    let out = env.run(
+        &["-d", "-v", &volume],
+        &["sh", "-c", "cat /data/hello; exec sleep 1000"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let id = stdout.trim().to_string();
+    wait_for("the container's output", Duration::from_secs(120), || {
+        let logs = env.cmd(&["logs", &id]).output().unwrap();
+        String::from_utf8_lossy(&logs.stdout).contains("from the host")
+    });
+    let out = env.cmd(&["inspect", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reported = inspect[0]["HostProcesses"].as_array().unwrap().clone();
+    let vmm_name = if vmm == "qemu" {
+        "qemu-system"
+    } else {
+        "vessel-vmm"
+    };
+    let (mut vmms, mut daemons) = (0, 0);
+    assert!(reported.len() >= 3, "VMM and virtiofsd: {reported:#?}");
+    for p in &reported {
+        let pid = p["pid"].as_i64().unwrap() as i32;
+        let command = p["command"].as_str().unwrap();
+        // What inspect reports is what /proc says.
+        assert_eq!(p["seccomp"], 2, "{command}");
+        assert_eq!(status_field(pid, "Seccomp"), "2", "{command}");
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{command}");
+        assert_eq!(p["no_new_privs"], true, "{command}");
+        let caps = status_field(pid, "CapEff");
+        assert_eq!(p["cap_eff"], caps.as_str(), "{command}");
+        for ns in ["mnt", "pid", "net", "ipc", "uts", "cgroup"] {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+            let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+            assert_ne!(theirs, ours, "{command} shares the host's {ns} namespace");
+            assert_eq!(p["namespaces"][ns], "own", "{command}");
+        }
+        if command.contains("virtiofsd") {
+            daemons += 1;
+            // Its monitor has dropped everything; its server keeps the documented minimum.
+            assert!(
+                caps == "0000000000000000" || caps == VIRTIOFSD_CAPS,
+                "virtiofsd CapEff {caps}"
+            );
+            // Pivoted into the shared directory: the host's / is not there.
+            let root = entries(Path::new(&format!("/proc/{pid}/root")));
+            assert_eq!(root, ["hello"], "virtiofsd's root");
+            continue;
+        }
+        assert!(command.contains(vmm_name), "unexpected process {command}");
+        vmms += 1;
+        assert_eq!(caps, "0000000000000000", "{command}");
+        assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
+        let uid: u32 = status_field(pid, "Uid")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(uid >= 0x5e55_0000, "the VMM runs as uid {uid}");
+        // Its root is the jail: the VM's files, libraries, its device nodes; nothing else.
+        let root = Path::new(&format!("/proc/{pid}/root")).to_path_buf();
+        let top = entries(&root);
+        for e in &top {
+            assert!(
+                ["dev", "lib", "lib32", "lib64", "usr", "vm"].contains(&e.as_str()),
+                "{e} in the VMM's root: {top:?}"
+            );
+        }
+        let mut expected = vec![
+            "agent.sock",
+            "console.log",
+            "container.ext4",
+            "fs-0.sock",
+            "image.ext4",
+            "initrd",
+            "kernel",
+        ];
+        if vmm == "builtin" {
+            expected.push("vmm.json");
+        }
+        assert_eq!(entries(&root.join("vm")), expected);
+        let dev = entries(&root.join("dev"));
+        assert!(
+            dev.iter()
+                .all(|d| ["kvm", "null", "urandom"].contains(&d.as_str())),
+            "{dev:?}"
+        );
+        for e in entries(&root.join("usr")) {
+            assert!(
+                ["bin", "lib", "lib64", "share"].contains(&e.as_str()),
+                "usr/{e}"
+            );
+        }
+        for hidden in ["etc/passwd", "proc/self", "sys/kernel", "root", "tmp"] {
+            assert!(
+                !root.join(hidden).exists(),
+                "{hidden} is visible in the jail"
+            );
+        }
+        assert!(!root.join(share.path().strip_prefix("/").unwrap()).exists());
+        // Only the files the VM writes are its uid's.
+        let owner = |f: &str| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(root.join("vm").join(f)).unwrap().uid()
+        };
+        assert_eq!(owner("container.ext4"), uid);
+        assert_eq!(owner("console.log"), uid);
+        assert_ne!(owner("image.ext4"), uid);
+        assert_ne!(owner("kernel"), uid);
+        // In the container's cgroup, which holds the VM's memory plus the overhead.
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(cgroups.contains(&format!("/vessel/{id}")), "{cgroups}");
+    }
+    assert_eq!((vmms, daemons), (1, 2), "{reported:#?}");
+
+    let out = env.cmd(&["rm", "-f", &id]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(env.leftover_processes().is_empty());
+    for hierarchy in ["", "memory/", "unified/"] {
+        let dir = format!("/sys/fs/cgroup/{hierarchy}vessel/{id}");
+        assert!(!Path::new(&dir).exists(), "{dir} left behind");
+    }
+}
+
+/// A forbidden system call in the VMM ends the run with a one-line reason naming it (the
+/// debug-build test hook makes the vCPU thread call getppid once its filter is in).
+fn seccomp_kill_is_reported(vmm: &str) {
+    let Some(env) = setup(vmm) else { return };
+    let out = env
+        .run_cmd(&["--rm"], &["true"])
+        .env("VESSEL_VMM_SECCOMP_SELFTEST", "vcpu")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(125), "{stdout}{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("seccomp filter killed it (forbidden system call 110, getppid)"),
+        "{stderr}"
+    );
+    assert!(env.leftover_processes().is_empty());
+}
+
 macro_rules! on_both_backends {
     ($($body:ident),* $(,)?; builtin only: $($only:ident),* $(,)?) => {
         mod qemu {
@@ -959,6 +1133,8 @@ on_both_backends!(
     signals_reach_the_process_and_tty_input_ends,
     slow_reader_gets_every_byte,
     full_disk_and_unresponsive_vms,
-    workload_is_confined_and_cannot_reach_the_agent;
+    workload_is_confined_and_cannot_reach_the_agent,
+    host_processes_are_jailed;
     builtin only: guest_keeps_the_hosts_vector_extensions,
+    seccomp_kill_is_reported,
 );

@@ -1,4 +1,4 @@
-//! `pull`, `images`, `inspect`, `tag`, `rmi`, `load`, `save`, `system`: the image store's commands.
+//! `pull`, `images`, `tag`, `rmi`, `load`, `save`, `system`: the image store's commands.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use vessel_images::list::Filter;
 use vessel_images::pull::{Credentials, PullOptions};
 use vessel_images::Store;
 
-fn open(root: &Path) -> Result<Store> {
+pub(super) fn open(root: &Path) -> Result<Store> {
     Store::open(root).with_context(|| format!("opening the image store at {}", root.display()))
 }
 
@@ -66,14 +66,6 @@ pub struct ImagesArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
-}
-
-/// Arguments of `vessel inspect`.
-#[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// Image references or IDs.
-    #[arg(required = true)]
-    pub images: Vec<String>,
 }
 
 /// Arguments of `vessel tag`.
@@ -313,18 +305,6 @@ pub fn images(root: &Path, a: ImagesArgs) -> Result<ExitCode> {
             human(listing.total_size)
         );
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `vessel inspect`.
-pub fn inspect(root: &Path, a: InspectArgs) -> Result<ExitCode> {
-    let store = open(root)?;
-    let mut out = Vec::new();
-    for name in &a.images {
-        let img = store.image(name)?;
-        out.push(vessel_images::inspect::inspect_json(&img));
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod containers;
 mod images;
+mod inspect;
 mod kernel;
 mod ps;
 mod volumes;
@@ -36,8 +37,8 @@ pub enum Command {
     Pull(images::PullArgs),
     /// List images.
     Images(images::ImagesArgs),
-    /// Show an image's details as JSON.
-    Inspect(images::InspectArgs),
+    /// Show containers or images as JSON (a container with what its host processes may do).
+    Inspect(inspect::InspectArgs),
     /// Create a new reference to an existing image.
     Tag(images::TagArgs),
     /// Remove image references (and garbage-collect what no image uses).
@@ -99,7 +100,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Pull(a) => images::pull(&root, a),
         Command::Images(a) => images::images(&root, a),
-        Command::Inspect(a) => images::inspect(&root, a),
+        Command::Inspect(a) => inspect::inspect(&root, a),
         Command::Tag(a) => images::tag(&root, a),
         Command::Rmi(a) => images::rmi(&root, a),
         Command::Load(a) => images::load(&root, a),

@@ -14,6 +14,7 @@ use super::probe::{self, Findings};
 use super::report::{CommandOutcome, HostMemory, ModeResult};
 use crate::container::layout;
 use crate::container::record::Records;
+use crate::isolation::host_process::{self, HostProcess};
 
 /// How to invoke vessel for one mode.
 #[derive(Debug, Clone)]
@@ -58,6 +59,13 @@ impl Drop for HostMarker {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// What one running instance showed: host memory, disk, host processes.
+type Instance = (
+    Result<HostMemory, String>,
+    Result<u64, String>,
+    Result<Vec<HostProcess>, String>,
+);
 
 struct Outcome {
     elapsed: Duration,
@@ -139,19 +147,21 @@ impl ModeRunner {
                     command,
                     memory: Err(unmeasured.clone()),
                     disk_added: Err(unmeasured.clone()),
+                    host_processes: Err(unmeasured.clone()),
                     findings: Err(unmeasured),
                     failure: Some(why),
                 };
             }
         }
         let findings = self.probe(image, marker);
-        let (memory, disk_added) = self.instance(image);
+        let (memory, disk_added, host_processes) = self.instance(image);
         ModeResult {
             label: self.label.clone(),
             latencies_ms: latencies,
             command,
             memory,
             disk_added,
+            host_processes,
             findings,
             failure: None,
         }
@@ -180,8 +190,9 @@ impl ModeRunner {
     }
 
     /// Starts one detached instance, waits until its process runs, and measures its host
-    /// memory and the disk its container directory holds.
-    fn instance(&self, image: &str) -> (Result<HostMemory, String>, Result<u64, String>) {
+    /// memory, the disk its container directory holds, and how its host processes are
+    /// confined.
+    fn instance(&self, image: &str) -> Instance {
         let pre = vec![
             "-d".to_string(),
             "--entrypoint".to_string(),
@@ -198,9 +209,9 @@ impl ModeRunner {
                     "detached run failed: {}",
                     o.stderr.lines().last().unwrap_or("")
                 );
-                return (Err(e.clone()), Err(e));
+                return (Err(e.clone()), Err(e.clone()), Err(e));
             }
-            Err(e) => return (Err(e.clone()), Err(e)),
+            Err(e) => return (Err(e.clone()), Err(e.clone()), Err(e)),
         };
         let id = o.stdout.trim().to_string();
         let result = self.measure_instance(&id);
@@ -211,12 +222,12 @@ impl ModeRunner {
             .stderr(Stdio::null())
             .status();
         match result {
-            Ok((m, d)) => (Ok(m), Ok(d)),
-            Err(e) => (Err(e.clone()), Err(e)),
+            Ok((m, d, p)) => (Ok(m), Ok(d), Ok(p)),
+            Err(e) => (Err(e.clone()), Err(e.clone()), Err(e)),
         }
     }
 
-    fn measure_instance(&self, id: &str) -> Result<(HostMemory, u64), String> {
+    fn measure_instance(&self, id: &str) -> Result<(HostMemory, u64, Vec<HostProcess>), String> {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             let logs = self
@@ -251,7 +262,7 @@ impl ModeRunner {
             },
         };
         let disk = allocated(&layout::container_dir(&self.root, &record.id));
-        Ok((mem, disk))
+        Ok((mem, disk, host_process::of_container(&record.id)))
     }
 }
 

@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::probe::Findings;
+use crate::isolation::host_process::HostProcess;
 
 /// Keys the probe must print for the report to fill every row.
 #[cfg(test)]
@@ -73,6 +74,9 @@ pub struct ModeResult {
     pub disk_added: Result<u64, String>,
     /// What the probe saw inside.
     pub findings: Result<Findings, String>,
+    /// The host processes of one running instance (the VMM and its helpers, or the
+    /// container's own processes) and what each may do.
+    pub host_processes: Result<Vec<HostProcess>, String>,
     /// Why vessel could not run this mode at all, if it could not.
     pub failure: Option<String>,
 }
@@ -398,6 +402,72 @@ pub fn build(
         per_mode(&escape("probe_host_disk")),
     );
 
+    // How each host process of a running instance is confined.
+    let processes = |f: fn(&[HostProcess]) -> Cell| {
+        move |m: &ModeResult| match &m.host_processes {
+            Ok(p) if p.is_empty() => Cell::failed("no host process found in its cgroup"),
+            Ok(p) => f(p),
+            Err(e) => Cell::failed(e),
+        }
+    };
+    push(
+        "host reach",
+        "host_processes_seccomp",
+        "host processes: under a seccomp filter",
+        per_mode(&processes(|p| {
+            let n = p.iter().filter(|h| h.seccomp == 2).count();
+            Cell {
+                value: json!(n == p.len()),
+                display: format!("{n} of {}", p.len()),
+            }
+        })),
+    );
+    push(
+        "host reach",
+        "host_processes_namespaces",
+        "host processes: namespaces shared with the host",
+        per_mode(&processes(|p| {
+            let mut shared: Vec<&str> = p.iter().flat_map(|h| h.shared_namespaces()).collect();
+            shared.sort_unstable();
+            shared.dedup();
+            Cell {
+                value: json!(shared),
+                display: if shared.is_empty() {
+                    "none".into()
+                } else {
+                    shared.join(", ")
+                },
+            }
+        })),
+    );
+    push(
+        "host reach",
+        "host_processes_capabilities",
+        "host processes: effective capabilities",
+        per_mode(&processes(|p| {
+            let mut caps: Vec<&str> = p
+                .iter()
+                .filter(|h| !h.capless())
+                .map(|h| h.cap_eff.as_str())
+                .collect();
+            caps.sort_unstable();
+            caps.dedup();
+            let without = p.iter().filter(|h| h.capless()).count();
+            Cell {
+                value: json!(caps),
+                display: if caps.is_empty() {
+                    format!("none ({without} of {})", p.len())
+                } else {
+                    format!(
+                        "{without} of {} with none; others {}",
+                        p.len(),
+                        caps.join(", ")
+                    )
+                },
+            }
+        })),
+    );
+
     // The command itself.
     push(
         "command",
@@ -574,6 +644,7 @@ mod tests {
              probe_module=blocked\nprobe_host_disk=blocked\n"
         );
         ModeResult {
+            host_processes: Ok(Vec::new()),
             label: label.into(),
             latencies_ms: vec![10.0, 20.0],
             command: Ok(CommandOutcome {

@@ -14,13 +14,13 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use super::cgroup;
 use super::options::{RunOption, Support};
 use super::{
     Backend, Exit, ExitStatus, IsolationError, LaunchSpec, NetworkMode, Process, Stdio, Target,
 };
 use crate::isolation::ProcessSpec;
 
-mod cgroup;
 mod console;
 mod executor;
 mod network;

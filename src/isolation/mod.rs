@@ -9,8 +9,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod cgroup;
 pub mod confinement;
 pub mod container;
+pub mod host_process;
 mod launch;
 pub mod options;
 pub mod seccomp;

@@ -9,6 +9,7 @@
 mod builtin;
 pub mod choice;
 mod disk;
+mod jail;
 mod machine;
 mod machine_spec;
 mod mux;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use vessel_agent::{Confinement, FrameWriter, Message, RootfsSpec, VolumeSpec};
 
+use super::cgroup;
 use super::options::{RunOption, Support};
 use super::{
     confinement, seccomp, Backend, BindMount, IsolationError, LaunchSpec, Process, Stdio, Target,
@@ -33,7 +35,7 @@ use super::{
 use crate::boot;
 use crate::isolation::ProcessSpec;
 use choice::Vmm;
-use machine::Machine;
+use machine::{HostConfinement, Machine};
 use machine_spec::MachineSpec;
 use mux::Mux;
 use process::{ExecProcess, Timings, VmProcess};
@@ -156,9 +158,13 @@ fn own_vmm(dir: &Path) -> Option<i32> {
         .trim()
         .parse::<i32>()
         .ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    String::from_utf8_lossy(&cmdline)
-        .contains(dir.to_string_lossy().as_ref())
+    // The VMM runs in the container's cgroup (its command line names only jail paths).
+    let id = dir.file_name()?.to_string_lossy();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let own = cgroup::path(&id);
+    cgroups
+        .lines()
+        .any(|l| l.rsplit(':').next() == Some(own.as_str()))
         .then_some(pid)
 }
 
@@ -299,6 +305,32 @@ pub fn kernel_cmdline(vmm: Vmm, debug: bool) -> String {
         c.push(extra);
     }
     c.join(" ")
+}
+
+/// Memory the VMM may use beyond the guest's own (its code, device buffers, page tables,
+/// and for QEMU under TCG its translation cache, bounded by `tb-size`), in MiB.
+pub fn vmm_overhead_mib(vmm: Vmm) -> u64 {
+    match vmm {
+        Vmm::Builtin => 64,
+        Vmm::Qemu { kvm: true } => 192,
+        Vmm::Qemu { kvm: false } => 192 + qemu::TCG_CACHE_MIB,
+    }
+}
+
+/// Memory each virtiofsd may use, in MiB (its thread pool and buffers; the guest memory
+/// it maps is the VMM's, charged once).
+pub const VIRTIOFSD_OVERHEAD_MIB: u64 = 64;
+
+/// What the VM's host processes may use together: its memory plus the overheads above,
+/// its vCPUs plus one CPU for the VMM's own threads and the helpers, and 512 threads.
+fn host_limits_of(vmm: Vmm, cpus: u8, memory_mib: u32, shares: usize) -> cgroup::Limits {
+    let mib =
+        u64::from(memory_mib) + vmm_overhead_mib(vmm) + VIRTIOFSD_OVERHEAD_MIB * shares as u64;
+    cgroup::Limits {
+        memory: mib << 20,
+        cpu_quota_us: (u64::from(cpus) + 1) * cgroup::CPU_PERIOD_US,
+        pids: 512,
+    }
 }
 
 fn boot_timeout() -> Duration {
@@ -492,7 +524,16 @@ impl Backend for VmBackend {
             .map_err(|e| IsolationError::runtime("creating the container disk", e))?;
         let channel_path = socket_path::socket_path(&spec.dir, "agent.sock")
             .map_err(|e| IsolationError::io("naming the agent socket", e))?;
-        let daemons = virtiofs::start(&shares_of(&spec.binds)?, &spec.dir)
+        let shares = shares_of(&spec.binds)?;
+        let confine = HostConfinement {
+            uid: jail::uid_for(&spec.id),
+            cgroup_procs: cgroup::create(
+                &spec.id,
+                host_limits_of(choice.vmm, cpus, memory_mib, shares.len()),
+            )
+            .map_err(|e| IsolationError::runtime("creating the VM's cgroup", e))?,
+        };
+        let daemons = virtiofs::start(&shares, &spec.dir, &confine.cgroup_procs)
             .map_err(|e| IsolationError::runtime("sharing the volumes", e))?;
         let mspec = MachineSpec {
             shares: daemons
@@ -515,11 +556,18 @@ impl Backend for VmBackend {
         if debug {
             follow_console(mspec.console_log.clone(), end.clone());
         }
-        let mut machine = Machine::boot(&mspec, choice.vmm, &spec.dir, boot_timeout(), daemons)
-            .map_err(|m| IsolationError::Runtime {
-                context: "booting the VM",
-                message: m,
-            })?;
+        let mut machine = Machine::boot(
+            &mspec,
+            choice.vmm,
+            &spec.dir,
+            boot_timeout(),
+            daemons,
+            &confine,
+        )
+        .map_err(|m| IsolationError::Runtime {
+            context: "booting the VM",
+            message: m,
+        })?;
         if debug {
             eprintln!("vessel: vm guest kernel {} is up", machine.kernel_release);
         }
@@ -647,6 +695,12 @@ impl Backend for VmBackend {
             }
         }
         virtiofs::cleanup(&target.dir);
+        cgroup::remove(&target.id);
+        let jail = target.dir.join("jail");
+        if jail.exists() {
+            std::fs::remove_dir(&jail)
+                .map_err(|e| IsolationError::io(format!("removing {}", jail.display()), e))?;
+        }
         for f in [
             pidf,
             killed_marker(&target.dir),

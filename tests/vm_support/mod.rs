@@ -141,26 +141,49 @@ impl VmEnv {
             .unwrap_or_default()
     }
 
-    /// Host processes whose command line mentions this state root (VMMs left behind).
+    /// Host processes left behind by this state root: those whose command line mentions
+    /// it (supervisors, virtiofsd) and all their descendants (the jailed VMM's own command
+    /// line names only paths inside its jail; it dies with its supervisor).
     pub fn leftover_processes(&self) -> Vec<String> {
         let needle = self.root.path().to_string_lossy().into_owned();
-        let me = std::process::id().to_string();
-        std::fs::read_dir("/proc")
+        let me = std::process::id() as i32;
+        let procs: Vec<(i32, i32, String)> = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .chars()
-                    .all(|c| c.is_ascii_digit())
-            })
-            .filter(|e| e.file_name().to_string_lossy() != me)
             .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let ppid = stat[stat.rfind(')')? + 1..]
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()?;
                 let c = std::fs::read(e.path().join("cmdline")).ok()?;
-                let c = String::from_utf8_lossy(&c).replace('\0', " ");
-                c.contains(&needle).then_some(c)
+                Some((pid, ppid, String::from_utf8_lossy(&c).replace('\0', " ")))
             })
+            .filter(|(pid, _, _)| *pid != me)
+            .collect();
+        let mut found: Vec<i32> = procs
+            .iter()
+            .filter(|(_, _, c)| c.contains(&needle))
+            .map(|(pid, _, _)| *pid)
+            .collect();
+        loop {
+            let before = found.len();
+            for (pid, ppid, _) in &procs {
+                if found.contains(ppid) && !found.contains(pid) {
+                    found.push(*pid);
+                }
+            }
+            if found.len() == before {
+                break;
+            }
+        }
+        procs
+            .into_iter()
+            .filter(|(pid, _, _)| found.contains(pid))
+            .map(|(_, _, c)| c)
             .collect()
     }
 }

@@ -671,8 +671,16 @@ fn forbidden_system_call_ends_the_vmm_and_names_the_call() {
         .spawn()
         .expect("spawn vessel-vmm");
     let pid = out.id();
-    std::thread::sleep(Duration::from_millis(300));
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    // The main thread installs its filter once the vCPUs run (slow in a nested guest).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut status = String::new();
+    while Instant::now() < deadline {
+        status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        if status.contains("Seccomp:\t2") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(status.contains("Seccomp:\t2"), "{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     // SAFETY: SIGTERM to our own child, not yet waited for.

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::cgroup;
+use crate::isolation::cgroup;
 use crate::isolation::confinement::{capabilities, MASKED_PATHS, READONLY_PATHS};
 use crate::isolation::seccomp;
 use crate::isolation::{IsolationError, LaunchSpec, NetworkMode};

@@ -27,14 +27,19 @@ pub fn binary() -> Result<PathBuf, String> {
     ))
 }
 
-/// Writes the VM's config next to its other files and returns the `vessel-vmm` command.
-pub fn command(spec: &MachineSpec, config_path: &Path) -> Result<Command, String> {
+/// Writes the VM's config to `config_path` and returns the `vessel-vmm` command, which
+/// reads it at `config_arg` (its path in the VMM's jail).
+pub fn command(
+    spec: &MachineSpec,
+    config_path: &Path,
+    config_arg: &Path,
+) -> Result<Command, String> {
     let config = vm_config(spec);
     let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
     std::fs::write(config_path, json)
         .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
     let mut c = Command::new(binary()?);
-    c.arg("--config").arg(config_path);
+    c.arg("--config").arg(config_arg);
     Ok(c)
 }
 

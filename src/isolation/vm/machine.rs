@@ -6,15 +6,16 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vessel_agent::{FrameReader, Message};
 
 use super::choice::Vmm;
+use super::jail::{self, Bind, JailSpec, Jailed};
 use super::machine_spec::MachineSpec;
 use super::{builtin, qemu};
 
@@ -23,7 +24,7 @@ const LOG_TAIL: usize = 12;
 
 /// A booted VM whose agent has said it is ready.
 pub struct Machine {
-    child: Child,
+    child: Jailed,
     /// The virtiofsd daemons of the VM's volumes.
     daemons: Vec<super::virtiofs::Daemon>,
     /// The channel to the agent.
@@ -38,6 +39,91 @@ pub struct Machine {
     pub started_at: Instant,
     /// When the agent's ready frame arrived.
     pub ready_at: Instant,
+}
+
+/// What confines a VM's host processes besides the jail's fixed parts.
+#[derive(Debug, Clone)]
+pub struct HostConfinement {
+    /// The VM's uid and gid ([`jail::uid_for`]).
+    pub uid: u32,
+    /// The `cgroup.procs` files of the VM's cgroup.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// The VM's files as the jailed VMM sees them (short fixed paths under
+/// [`jail::VM_DIR`]), and the binds that put them there.
+fn inside_jail(spec: &MachineSpec) -> (MachineSpec, Vec<Bind>) {
+    let mut binds = Vec::new();
+    let mut put = |host: &Path, name: &str, writable: bool| {
+        let inside = Path::new(jail::VM_DIR).join(name);
+        binds.push(Bind {
+            host: host.to_path_buf(),
+            inside: inside.clone(),
+            writable,
+        });
+        inside
+    };
+    let inside = MachineSpec {
+        kernel: put(&spec.kernel, "kernel", false),
+        initrd: put(&spec.initrd, "initrd", false),
+        image_disk: put(&spec.image_disk, "image.ext4", false),
+        container_disk: put(&spec.container_disk, "container.ext4", true),
+        channel: put(&spec.channel, "agent.sock", true),
+        console_log: put(&spec.console_log, "console.log", true),
+        shares: spec
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, (tag, socket))| (tag.clone(), put(socket, &format!("fs-{i}.sock"), true)))
+            .collect(),
+        cmdline: spec.cmdline.clone(),
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+    };
+    (inside, binds)
+}
+
+/// Gives the VM's uid the files its VMM writes or connects to.
+fn hand_over(spec: &MachineSpec, uid: u32) -> Result<(), String> {
+    File::create(&spec.console_log)
+        .map_err(|e| format!("creating {}: {e}", spec.console_log.display()))?;
+    let sockets = spec.shares.iter().map(|(_, s)| s);
+    for f in [&spec.container_disk, &spec.console_log, &spec.channel]
+        .into_iter()
+        .chain(sockets)
+    {
+        std::os::unix::fs::chown(f, Some(uid), Some(uid))
+            .map_err(|e| format!("handing {} to the VM's uid: {e}", f.display()))?;
+    }
+    Ok(())
+}
+
+/// The directories of the host `program` needs at their own paths in its jail, besides
+/// the libraries: QEMU's firmware.
+fn system_dirs(vmm: Vmm) -> Vec<PathBuf> {
+    match vmm {
+        Vmm::Qemu { .. } => ["/usr/share/qemu", "/usr/share/seabios"]
+            .into_iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect(),
+        Vmm::Builtin => Vec::new(),
+    }
+}
+
+/// `name` itself if it is a path, else the first match on `PATH`.
+fn resolve(name: &std::ffi::OsStr) -> Result<PathBuf, String> {
+    let p = Path::new(name);
+    if p.components().count() > 1 {
+        return Ok(p.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(p))
+                .find(|c| c.is_file())
+        })
+        .ok_or_else(|| format!("{} is not installed (not found on PATH)", p.display()))
 }
 
 /// Where the VMM's pid is kept, so any vessel process can find it for cleanup.
@@ -134,6 +220,7 @@ impl Machine {
         dir: &Path,
         timeout: Duration,
         mut daemons: Vec<super::virtiofs::Daemon>,
+        confine: &HostConfinement,
     ) -> Result<Machine, String> {
         let vmm_log = dir.join("vmm.log");
         let _ = std::fs::remove_file(&spec.channel);
@@ -141,47 +228,47 @@ impl Machine {
         let listener = UnixListener::bind(&spec.channel)
             .map_err(|e| format!("listening on {}: {e}", spec.channel.display()))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let mut cmd: Command = match vmm {
-            Vmm::Qemu { kvm } => qemu::command(spec, kvm),
-            Vmm::Builtin => builtin::command(spec, &dir.join("vmm.json"))?,
+        let (inside, mut binds) = inside_jail(spec);
+        let cmd: Command = match vmm {
+            Vmm::Qemu { kvm } => qemu::command(&inside, kvm),
+            Vmm::Builtin => {
+                let config = Path::new(jail::VM_DIR).join("vmm.json");
+                binds.push(Bind {
+                    host: dir.join("vmm.json"),
+                    inside: config.clone(),
+                    writable: false,
+                });
+                builtin::command(&inside, &dir.join("vmm.json"), &config)?
+            }
         };
-        let log =
-            File::create(&vmm_log).map_err(|e| format!("creating {}: {e}", vmm_log.display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
-        // SAFETY: setsid, prctl and close_range are async-signal-safe system calls on no
-        // memory. A session of its own puts the VMM outside the terminal's process group:
-        // Ctrl-C, or `timeout`'s SIGTERM to the group, reaches vessel, which passes it to
-        // the container's process, instead of killing the VM under it. PDEATHSIG makes the
-        // VMM die with its supervisor (the thread that spawned it), so a killed vessel
-        // leaves no VM running. Marking every inherited descriptor close-on-exec keeps the
-        // VMM from holding the caller's pipes open (a detached run's readiness pipe, a
-        // test's stdout), which would hang whoever waits for EOF.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Best effort: kernels before 5.11 lack CLOSE_RANGE_CLOEXEC.
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3u32,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                );
-                Ok(())
-            });
-        }
+        hand_over(spec, confine.uid)?;
+        let root = dir.join("jail");
+        std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
+        let jail = JailSpec {
+            root,
+            binds,
+            system_dirs: system_dirs(vmm),
+            kvm: !matches!(vmm, Vmm::Qemu { kvm: false }),
+            program_dir: matches!(vmm, Vmm::Qemu { .. }),
+            uid: confine.uid,
+            cgroup_procs: confine.cgroup_procs.clone(),
+            self_sandboxed: false,
+        };
+        let program = resolve(cmd.get_program())?;
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_os_string()).collect();
+        let log: OwnedFd = File::create(&vmm_log)
+            .map_err(|e| format!("creating {}: {e}", vmm_log.display()))?
+            .into();
         let started_at = Instant::now();
-        let mut child = cmd
-            .spawn()
+        // The jail puts the VMM in a session of its own (Ctrl-C, or `timeout`'s SIGTERM to
+        // the terminal's process group, reaches vessel, which passes it to the container's
+        // process, instead of killing the VM under it) and makes it die with its supervisor
+        // (the thread that spawned it), so a killed vessel leaves no VM running.
+        let mut child = jail::spawn(&jail, &program, &args, &log, &log)
             .map_err(|e| format!("starting the VMM ({vmm}): {e}"))?;
         let _ = std::fs::write(pid_file(dir), child.id().to_string());
         let deadline = started_at + timeout;
-        let mut fail = |child: &mut Child, what: String| -> String {
+        let mut fail = |child: &mut Jailed, what: String| -> String {
             let _ = child.kill();
             let _ = child.wait();
             super::virtiofs::stop(&mut daemons);
@@ -299,7 +386,7 @@ impl Machine {
     }
 }
 
-fn wait_briefly(child: &mut Child) -> Option<std::process::ExitStatus> {
+fn wait_briefly(child: &mut Jailed) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
         if let Ok(Some(st)) = child.try_wait() {

@@ -7,6 +7,10 @@ use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
 use super::machine_spec::MachineSpec;
 
+/// The TCG translation cache, in MiB: bounded (QEMU's default is 1 GiB) so that the VM's
+/// cgroup can hold QEMU to a known overhead.
+pub const TCG_CACHE_MIB: u64 = 256;
+
 /// The QEMU binary looked up on PATH.
 pub const BINARY: &str = "qemu-system-x86_64";
 
@@ -31,8 +35,14 @@ pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
         // `host`/`max` abort on some nested KVMs setting MSR 0x10a; qemu64 minus cx16 runs.
         c.args(["-accel", "kvm", "-cpu", "qemu64,-cx16"]);
     } else {
-        c.args(["-accel", "tcg"]);
+        c.args(["-accel", &format!("tcg,tb-size={TCG_CACHE_MIB}")]);
     }
+    // QEMU's own seccomp filter on top of the jail's: no obsolete calls, no setuid, no
+    // fork/exec, no scheduler or resource changes.
+    c.args([
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]);
     c.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(["-m", &format!("{}M", spec.memory_mib)])
         .args(["-smp", &spec.cpus.to_string()])

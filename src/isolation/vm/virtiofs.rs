@@ -5,16 +5,19 @@
 //! virtiofsd runs with the sandbox its documentation recommends (`namespace`: its own
 //! mount, PID and network namespaces, pivoted into the shared directory) and its seccomp
 //! filter killing on anything unexpected, so a guest that subverts it reaches no more than
-//! that directory. It serves one frontend and exits when the VMM disconnects; vessel also
+//! that directory. vessel starts it in the jail's namespaces (PID 1 of its own PID
+//! namespace, its sandbox nesting another below), in the VM's cgroup, with no_new_privs and
+//! the jail's baseline seccomp filter. It keeps
+//! root and the capabilities it serves files with (it drops every other one itself):
+//! CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID, MKNOD, SETFCAP. It serves one frontend and exits when the VMM disconnects; vessel also
 //! ends it with the VM (it dies with its supervisor, like the VMM, and `cleanup` kills what
 //! a crash left).
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::jail::{self, JailSpec, Jailed};
 use super::machine::log_tail;
 use super::socket_path::{socket_path, SocketPath};
 use crate::liveness;
@@ -37,7 +40,7 @@ pub struct Daemon {
     pub tag: String,
     /// The vhost-user socket (a path short enough to connect to).
     pub socket: SocketPath,
-    child: Child,
+    child: Jailed,
 }
 
 /// The virtiofsd binary: `$VESSEL_VIRTIOFSD`, else `virtiofsd` on `PATH`.
@@ -67,8 +70,15 @@ fn pid_file(dir: &Path, i: usize) -> PathBuf {
 }
 
 /// Starts one virtiofsd per share, with its socket, pid and log in the container
-/// directory `dir`, and waits until each listens.
-pub fn start(shares: &[Share], dir: &Path) -> Result<Vec<Daemon>, String> {
+/// directory `dir`, in the VM's cgroup (`cgroup_procs`), and waits until each listens.
+pub fn start(
+    shares: &[Share],
+    dir: &Path,
+    cgroup_procs: &[PathBuf],
+) -> Result<Vec<Daemon>, String> {
+    if shares.is_empty() {
+        return Ok(Vec::new());
+    }
     let bin = binary()?;
     let mut daemons = Vec::new();
     for (i, share) in shares.iter().enumerate() {
@@ -78,38 +88,41 @@ pub fn start(shares: &[Share], dir: &Path) -> Result<Vec<Daemon>, String> {
         let log_path = dir.join(format!("virtiofsd-{i}.log"));
         let log =
             File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--shared-dir")
-            .arg(&share.dir)
-            .arg("--socket-path")
-            .arg(&socket.path)
-            .args(["--sandbox", "namespace", "--seccomp", "kill"])
-            .args(["--log-level", "error"]);
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--shared-dir".into(),
+            share.dir.clone().into(),
+            "--socket-path".into(),
+            socket.path.clone().into(),
+        ];
+        args.extend(
+            [
+                "--sandbox",
+                "namespace",
+                "--seccomp",
+                "kill",
+                "--log-level",
+                "error",
+            ]
+            .map(Into::into),
+        );
         if share.read_only {
-            cmd.arg("--readonly");
+            args.push("--readonly".into());
         }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log);
-        // SAFETY: setsid, prctl and close_range are async-signal-safe system calls. As the
-        // VMM: outside the terminal's process group, dead with its supervisor, holding
-        // none of the caller's descriptors.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3u32,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                );
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
+        let log: std::os::fd::OwnedFd = log.into();
+        // The jail's namespaces (its sandbox adds mount, PID and network namespaces of its
+        // own below them), the VM's cgroup, no_new_privs and the baseline filter; it keeps
+        // root and drops capabilities itself.
+        let jail = JailSpec {
+            root: PathBuf::new(),
+            binds: Vec::new(),
+            system_dirs: Vec::new(),
+            kvm: false,
+            program_dir: false,
+            uid: 0,
+            cgroup_procs: cgroup_procs.to_vec(),
+            self_sandboxed: true,
+        };
+        let child = jail::spawn(&jail, &bin, &args, &log, &log)
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         // With its start time: the socket path may be an alias that does not name this
         // directory, so the command line cannot tell a reused pid from this daemon.
