@@ -14,9 +14,13 @@
 # cannot run Linux); a comma-separated list (VMM=builtin,qemu) measures each, alternating
 # runs between them, and adds each backend's ratio to the first. A `+bzimage` suffix
 # (VMM=builtin,qemu,qemu+bzimage) runs that backend with VESSEL_KERNEL_UNPACK=0: the
-# bzImage booted as it is, instead of the ELF vmlinux vessel unpacks from it. For each backend it also
+# bzImage booted as it is, instead of the ELF vmlinux vessel unpacks from it; a `+unconfined`
+# suffix (VMM=builtin,builtin+unconfined) runs it with VESSEL_VMM_UNCONFINED=1: no jail and no
+# seccomp filters, the baseline their cost is measured against (the jail-cpu row: CPU time
+# the VMM's process spent before its exec, i.e. in the jail's set-up). For each backend it also
 # reports the memory an idle VM's host processes hold (PSS of the VMM process and its
-# children, `vessel run -d IMAGE sleep`, 2 s after the agent answered an exec).
+# helpers, the processes of its cgroup as `vessel inspect` lists them; `vessel run -d IMAGE
+# sleep`, 2 s after the agent answered an exec).
 # NO_BUILD=1 uses the release binaries as they are (inside the nested-KVM guest, which
 # should not run cargo: scripts/nested-kvm.sh -- env NO_BUILD=1 VMM=builtin,qemu
 # scripts/bench-vm.sh). Set KEEP=1 to keep the work directory.
@@ -48,15 +52,17 @@ python3 scripts/busybox-image.py "$WORK/bench.tar" bench/vm:latest sh true echo 
 "$VESSEL" --root "$ROOT" load -i "$WORK/bench.tar" >&2
 
 VESSEL_VM_TIMINGS=1 python3 - "$RUNS" "$VESSEL" "$ROOT" "$VMM" <<'PY'
-import os, re, statistics, subprocess, sys, time
+import json, os, re, statistics, subprocess, sys, time
 runs, vessel, root, vmms = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4].split(",")
 stages = ["assets-ready", "vmm-started", "agent-ready", "process-done", "vm-gone"]
 def vmm_of(slot):
     return slot.split("+")[0]
 def env_of(slot):
     env = dict(os.environ)
-    if slot.endswith("+bzimage"):
+    if "+bzimage" in slot:
         env["VESSEL_KERNEL_UNPACK"] = "0"
+    if "+unconfined" in slot:
+        env["VESSEL_VMM_UNCONFINED"] = "1"
     return env
 def vm_cmd(vmm):
     return [vessel, "--root", root, "run", "--rm", "--vmm", vmm_of(vmm), "bench/vm", "true"]
@@ -69,7 +75,7 @@ def vm_run(vmm):
         sys.exit(f"bench-vm: VM run ({vmm}) failed ({p.returncode}):\n{p.stderr[-3000:]}")
     m = re.search(r"vm timings \(ms since start\): (.*)", p.stderr)
     vals = dict(kv.split("=") for kv in m.group(1).split())
-    return wall, {k: float(vals[k]) for k in stages}
+    return wall, {k: float(vals[k]) for k in stages + ["jail-cpu"]}
 def ct_run():
     t = time.perf_counter()
     p = subprocess.run(ct_cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
@@ -79,17 +85,6 @@ def ct_run():
 def backend_name(vmm):
     out = subprocess.run([vessel, "--root", root, "kernel", "--vmm", vmm_of(vmm)], capture_output=True, text=True).stdout
     return next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("vmm:")), "?")
-def children(pid):
-    kids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                st = open(f"/proc/{d}/stat").read()
-            except OSError:
-                continue
-            if int(st[st.rfind(")") + 2:].split()[1]) == pid:
-                kids.append(int(d))
-    return kids
 def pss_kib(pid):
     try:
         for line in open(f"/proc/{pid}/smaps_rollup"):
@@ -109,22 +104,10 @@ def idle_pss(vmm):
                 return None
             time.sleep(0.5)
         time.sleep(2)
-        vmm_pids = []
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if root in cmd and ("qemu-system" in cmd or "vessel-vmm" in cmd):
-                vmm_pids.append(int(d))
-        tree, todo = set(), list(vmm_pids)
-        while todo:
-            p = todo.pop()
-            if p not in tree:
-                tree.add(p)
-                todo.extend(children(p))
+        # The VM's host processes: the VMM and any helper, in the container's cgroup.
+        info = json.loads(subprocess.run([vessel, "--root", root, "inspect", name],
+                                         check=True, capture_output=True, text=True).stdout)
+        tree = {p["pid"] for p in info[0]["HostProcesses"]}
         return sum(pss_kib(p) for p in tree) / 1024, len(tree)
     finally:
         subprocess.run([vessel, "--root", root, "rm", "-f", name], capture_output=True)
@@ -132,7 +115,7 @@ names = {v: backend_name(v) for v in vmms}
 first = {v: vm_run(v) for v in vmms}  # builds the image disk and the initramfs
 ct_ok = ct_run() is not None
 walls = {v: [] for v in vmms}
-st = {v: {k: [] for k in stages} for v in vmms}
+st = {v: {k: [] for k in stages + ["jail-cpu"]} for v in vmms}
 ct_walls = []
 slots = vmms + (["container"] if ct_ok else [])
 for i in range(runs):
@@ -143,7 +126,7 @@ for i in range(runs):
             if w is not None: ct_walls.append(w)
         else:
             w, s = vm_run(slot); walls[slot].append(w)
-            for k in stages: st[slot][k].append(s[k])
+            for k in stages + ["jail-cpu"]: st[slot][k].append(s[k])
 med = statistics.median
 print(f"VM isolation, {runs} runs each, alternating (medians, ms since the backend started):")
 for v in vmms:
@@ -156,6 +139,7 @@ for k in stages:
     for v in vmms:
         m = med(st[v][k]); cells += f"{m:10.1f} (+{m - prev[v]:7.1f})"; prev[v] = m
     print(f"  {k:<13}{cells}")
+print(f"  {'jail-cpu':<13}" + "".join(f"{med(st[v]['jail-cpu']):10.2f} {'':10}" for v in vmms) + "  CPU ms of the VMM's process before its exec")
 print(f"  {'wall':<13}" + "".join(f"{med(walls[v]):10.1f} {'':10}" for v in vmms) + "  whole `vessel run --rm IMAGE true`")
 print(f"  {'wall min/max':<13}" + "".join(f"{min(walls[v]):8.0f}/{max(walls[v]):<8.0f}{'':5}" for v in vmms))
 print(f"  {'first run':<13}" + "".join(f"{first[v][0]:10.1f} {'':10}" for v in vmms) + "  (builds the image disk and the initramfs)")

@@ -575,6 +575,7 @@ impl Backend for VmBackend {
             begin,
             assets_ready,
             vmm_started: machine.started_at,
+            jail_cpu_ms: machine.jail_cpu_ms,
             agent_ready: machine.ready_at,
         };
         let channel = machine

@@ -150,6 +150,11 @@ fn main() {
         c.arg("--config").arg(&config_path);
         c
     };
+    let unfiltered_cmd = || {
+        let mut c = Command::new(&vessel);
+        c.arg("--no-seccomp").arg("--config").arg(&config_path);
+        c
+    };
     let qemu_cmd = || {
         let mut c = Command::new(&qemu);
         c.args(["-M", "microvm", "-accel", "kvm", "-cpu", "qemu64,-cx16"])
@@ -164,8 +169,9 @@ fn main() {
         "{:<28} {:>14} {:>12} {:>10} {:>12} {:>14}",
         "VMM", "1st byte (ms)", "CPU (ms)", "RSS (MiB)", "guest (MiB)", "overhead (MiB)"
     );
-    let rows: [(&str, &dyn Fn() -> Command); 2] = [
-        ("vessel-vmm", &vessel_cmd),
+    let rows: [(&str, &dyn Fn() -> Command); 3] = [
+        ("vessel-vmm (seccomp filters)", &vessel_cmd),
+        ("vessel-vmm --no-seccomp", &unfiltered_cmd),
         ("qemu -M microvm -accel kvm", &qemu_cmd),
     ];
     for (name, make) in rows {

@@ -120,11 +120,24 @@ pub struct JailSpec {
     pub uid: u32,
     /// `cgroup.procs` files it joins.
     pub cgroup_procs: Vec<PathBuf>,
+    /// How much of the jail applies.
+    pub mode: Mode,
+}
+
+/// How much of the jail a process gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// All of it: the VMM.
+    Full,
     /// A helper that sandboxes itself and serves files with root's capabilities
     /// (virtiofsd): only the namespaces, the cgroup, no_new_privs and the baseline filter;
     /// no filesystem jail, uid, capability drop or rlimits (`root`, `binds`, `kvm` and
     /// `uid` are ignored).
-    pub self_sandboxed: bool,
+    Helper,
+    /// Nothing but the cgroup, a session of its own and the parent-death signal: the
+    /// baseline `VESSEL_VMM_UNCONFINED=1` measures the jail's cost against (benchmarks
+    /// only; never what vessel does by itself).
+    Off,
 }
 
 /// The uid (and gid) of a VM: from its container id, so the files one VM writes belong to
@@ -251,8 +264,7 @@ const STEPS: &[&str] = &[
 
 /// A jail ready to be entered: every string and buffer the child will touch.
 struct Prepared {
-    /// Everything below, or only namespaces, cgroup, no_new_privs and the filter.
-    full: bool,
+    mode: Mode,
     root: CString,
     ops: Vec<Op>,
     procs: Vec<CString>,
@@ -393,7 +405,7 @@ fn filesystem(spec: &JailSpec, program: &Path, ops: &mut Vec<Op>) -> io::Result<
 fn prepare(spec: &JailSpec, program: &Path, args: &[std::ffi::OsString]) -> io::Result<Prepared> {
     let root = &spec.root;
     let mut ops = Vec::new();
-    if !spec.self_sandboxed {
+    if spec.mode == Mode::Full {
         filesystem(spec, program, &mut ops)?;
     }
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -423,7 +435,7 @@ fn prepare(spec: &JailSpec, program: &Path, args: &[std::ffi::OsString]) -> io::
         })
         .collect::<io::Result<Vec<_>>>()?;
     Ok(Prepared {
-        full: !spec.self_sandboxed,
+        mode: spec.mode,
         root: cstr(root)?,
         ops,
         procs: spec
@@ -460,11 +472,16 @@ pub fn spawn(
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWNET;
+    let flags = match p.mode {
+        Mode::Off => 0,
+        Mode::Full | Mode::Helper => {
+            libc::CLONE_NEWNS
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWNET
+        }
+    };
     // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child gets a copy of this
     // process's memory and runs `enter` on it, which makes only raw system calls on memory
     // prepared above, and never returns.
@@ -685,7 +702,14 @@ unsafe fn enter(
         libc::close(fd);
         check!(0, w);
     }
-    if p.full {
+    if p.mode == Mode::Off {
+        check!(
+            16,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0)
+        );
+        return exec(p, argv, envp, stdio);
+    }
+    if p.mode == Mode::Full {
         if let Err(failed) = build_root(p) {
             return failed;
         }
@@ -693,7 +717,7 @@ unsafe fn enter(
     // After joining the cgroup: a cgroup namespace is rooted where its creator is.
     check!(12, libc::unshare(libc::CLONE_NEWCGROUP));
     libc::sethostname(c"vessel-vm".as_ptr(), 9);
-    if p.full {
+    if p.mode == Mode::Full {
         for (res, value) in [(libc::RLIMIT_NOFILE, NOFILE), (libc::RLIMIT_NPROC, NPROC)] {
             let lim = libc::rlimit {
                 rlim_cur: value,
@@ -739,8 +763,28 @@ unsafe fn enter(
             &prog as *const _
         ) as libc::c_int
     );
+    exec(p, argv, envp, stdio)
+}
+
+/// The child's last steps: stdio, nothing else inherited, `execveat` of the program.
+///
+/// # Safety
+/// As [`enter`].
+unsafe fn exec(
+    p: &Prepared,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    stdio: [libc::c_int; 3],
+) -> (usize, i32) {
+    let errno = || {
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    };
     for (target, fd) in stdio.into_iter().enumerate() {
-        check!(18, libc::dup2(fd, target as libc::c_int));
+        if libc::dup2(fd, target as libc::c_int) < 0 {
+            return (18, errno());
+        }
     }
     // Whatever else the supervisor had open stays behind (best effort before 5.11).
     libc::syscall(

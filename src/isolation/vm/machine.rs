@@ -35,8 +35,10 @@ pub struct Machine {
     pub console_log: PathBuf,
     /// The VMM's own stderr.
     pub vmm_log: PathBuf,
-    /// When the VMM process was started.
+    /// When the VMM process had exec'd in its jail.
     pub started_at: Instant,
+    /// CPU time the VMM's process had used by then: the jail's set-up and the exec.
+    pub jail_cpu_ms: f64,
     /// When the agent's ready frame arrived.
     pub ready_at: Instant,
 }
@@ -109,6 +111,18 @@ fn system_dirs(vmm: Vmm) -> Vec<PathBuf> {
             .collect(),
         Vmm::Builtin => Vec::new(),
     }
+}
+
+/// `VESSEL_VMM_UNCONFINED=1`: the VMM without its jail and seccomp filters, the baseline
+/// the benchmarks measure their cost against. Never the default; said on stderr.
+fn unconfined() -> bool {
+    let on = std::env::var_os("VESSEL_VMM_UNCONFINED").is_some_and(|v| v == "1");
+    if on {
+        eprintln!(
+            "vessel: warning: VESSEL_VMM_UNCONFINED=1: the VMM runs without its jail and seccomp filters (for benchmarks only)"
+        );
+    }
+    on
 }
 
 /// `name` itself if it is a path, else the first match on `PATH`.
@@ -228,19 +242,33 @@ impl Machine {
         let listener = UnixListener::bind(&spec.channel)
             .map_err(|e| format!("listening on {}: {e}", spec.channel.display()))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let (inside, mut binds) = inside_jail(spec);
-        let cmd: Command = match vmm {
-            Vmm::Qemu { kvm } => qemu::command(&inside, kvm),
+        let unconfined = unconfined();
+        let (mut inside, mut binds) = inside_jail(spec);
+        let config = Path::new(jail::VM_DIR).join("vmm.json");
+        if unconfined {
+            inside = spec.clone();
+        }
+        let mut cmd: Command = match vmm {
+            Vmm::Qemu { kvm } => qemu::command(&inside, kvm, !unconfined),
             Vmm::Builtin => {
-                let config = Path::new(jail::VM_DIR).join("vmm.json");
                 binds.push(Bind {
                     host: dir.join("vmm.json"),
                     inside: config.clone(),
                     writable: false,
                 });
-                builtin::command(&inside, &dir.join("vmm.json"), &config)?
+                let arg = if unconfined {
+                    dir.join("vmm.json")
+                } else {
+                    config
+                };
+                builtin::command(&inside, &dir.join("vmm.json"), &arg)?
             }
         };
+        if unconfined && vmm == Vmm::Builtin {
+            let args: Vec<_> = cmd.get_args().map(|a| a.to_os_string()).collect();
+            cmd = Command::new(cmd.get_program());
+            cmd.arg("--no-seccomp").args(args);
+        }
         hand_over(spec, confine.uid)?;
         let root = dir.join("jail");
         std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
@@ -252,20 +280,26 @@ impl Machine {
             program_dir: matches!(vmm, Vmm::Qemu { .. }),
             uid: confine.uid,
             cgroup_procs: confine.cgroup_procs.clone(),
-            self_sandboxed: false,
+            mode: if unconfined {
+                jail::Mode::Off
+            } else {
+                jail::Mode::Full
+            },
         };
         let program = resolve(cmd.get_program())?;
         let args: Vec<_> = cmd.get_args().map(|a| a.to_os_string()).collect();
         let log: OwnedFd = File::create(&vmm_log)
             .map_err(|e| format!("creating {}: {e}", vmm_log.display()))?
             .into();
-        let started_at = Instant::now();
         // The jail puts the VMM in a session of its own (Ctrl-C, or `timeout`'s SIGTERM to
         // the terminal's process group, reaches vessel, which passes it to the container's
         // process, instead of killing the VM under it) and makes it die with its supervisor
         // (the thread that spawned it), so a killed vessel leaves no VM running.
         let mut child = jail::spawn(&jail, &program, &args, &log, &log)
             .map_err(|e| format!("starting the VMM ({vmm}): {e}"))?;
+        // The process has exec'd: what it ran until now was the jail's set-up.
+        let started_at = Instant::now();
+        let jail_cpu_ms = cpu_ms(child.id());
         let _ = std::fs::write(pid_file(dir), child.id().to_string());
         let deadline = started_at + timeout;
         let mut fail = |child: &mut Jailed, what: String| -> String {
@@ -353,6 +387,7 @@ impl Machine {
             console_log: spec.console_log.clone(),
             vmm_log,
             started_at,
+            jail_cpu_ms,
             ready_at: Instant::now(),
         })
     }
@@ -384,6 +419,14 @@ impl Machine {
     pub fn failure(&self, summary: &str) -> String {
         failure(summary, &self.console_log, &self.vmm_log)
     }
+}
+
+/// CPU time `pid` has used, from its scheduler statistics (nanosecond resolution).
+fn cpu_ms(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(f64::NAN, |ns| ns as f64 / 1e6)
 }
 
 fn wait_briefly(child: &mut Jailed) -> Option<std::process::ExitStatus> {

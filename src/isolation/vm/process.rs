@@ -39,6 +39,8 @@ pub struct Timings {
     pub assets_ready: Instant,
     /// The VMM process was started.
     pub vmm_started: Instant,
+    /// CPU time its jail's set-up took (the process's, up to its exec).
+    pub jail_cpu_ms: f64,
     /// The agent's ready frame arrived.
     pub agent_ready: Instant,
 }
@@ -96,12 +98,13 @@ impl Process for VmProcess {
             let t = &self.timings;
             let ms = |a: Instant| a.duration_since(t.begin).as_secs_f64() * 1000.0;
             eprintln!(
-                "vessel: vm timings (ms since start): assets-ready={:.1} vmm-started={:.1} agent-ready={:.1} process-done={:.1} vm-gone={:.1}",
+                "vessel: vm timings (ms since start): assets-ready={:.1} vmm-started={:.1} agent-ready={:.1} process-done={:.1} vm-gone={:.1} jail-cpu={:.2}",
                 ms(t.assets_ready),
                 ms(t.vmm_started),
                 ms(t.agent_ready),
                 ms(done),
-                ms(gone)
+                ms(gone),
+                t.jail_cpu_ms
             );
         }
         match result {

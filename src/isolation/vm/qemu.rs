@@ -14,8 +14,8 @@ pub const TCG_CACHE_MIB: u64 = 256;
 /// The QEMU binary looked up on PATH.
 pub const BINARY: &str = "qemu-system-x86_64";
 
-/// The QEMU command line for `spec`.
-pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
+/// The QEMU command line for `spec`; `sandbox` turns QEMU's own seccomp filter on.
+pub fn command(spec: &MachineSpec, kvm: bool, sandbox: bool) -> Command {
     let mut c = Command::new(BINARY);
     // The RTC stays on: without it the Debian kernel's boot takes about 2 s longer here.
     if spec.shares.is_empty() {
@@ -39,10 +39,12 @@ pub fn command(spec: &MachineSpec, kvm: bool) -> Command {
     }
     // QEMU's own seccomp filter on top of the jail's: no obsolete calls, no setuid, no
     // fork/exec, no scheduler or resource changes.
-    c.args([
-        "-sandbox",
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-    ]);
+    if sandbox {
+        c.args([
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+    }
     c.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(["-m", &format!("{}M", spec.memory_mib)])
         .args(["-smp", &spec.cpus.to_string()])

@@ -120,7 +120,7 @@ pub fn start(
             program_dir: false,
             uid: 0,
             cgroup_procs: cgroup_procs.to_vec(),
-            self_sandboxed: true,
+            mode: jail::Mode::Helper,
         };
         let child = jail::spawn(&jail, &bin, &args, &log, &log)
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
