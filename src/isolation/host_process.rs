@@ -107,11 +107,29 @@ pub fn describe(pid: i32) -> Option<HostProcess> {
 
 /// Every process in the container's cgroup: in VM mode the VMM and its helpers, in
 /// container mode the workload's own processes.
+///
+/// Kernel threads are left out: KVM puts a worker of each VM (`kvm-nx-lpage-recovery`) in
+/// the cgroup of the process that created the VM, so its CPU time is charged there, but it
+/// runs kernel code only and has no seccomp mode, namespaces or root of a process.
 pub fn of_container(id: &str) -> Vec<HostProcess> {
     super::cgroup::procs(id)
         .into_iter()
+        .filter(|pid| !is_kernel_thread(*pid))
         .filter_map(describe)
         .collect()
+}
+
+/// `PF_KTHREAD` in the flags of `/proc/PID/stat`.
+fn is_kernel_thread(pid: i32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The fields after the command, which may itself hold spaces and parentheses.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+        })
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 #[cfg(test)]
@@ -125,5 +143,10 @@ mod tests {
         assert!(me.shared_namespaces().len() == NAMESPACES.len());
         assert!(me.root.iter().any(|e| e == "proc"));
         assert!(describe(-1).is_none());
+        assert!(!is_kernel_thread(std::process::id() as i32));
+        // kthreadd, the parent of every kernel thread, is pid 2 of the initial namespace.
+        if std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+            assert!(is_kernel_thread(2));
+        }
     }
 }

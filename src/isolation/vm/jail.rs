@@ -558,11 +558,6 @@ pub fn spawn(
 /// # Safety
 /// As [`enter`].
 unsafe fn build_root(p: &Prepared) -> Result<(), (usize, i32)> {
-    let errno = || {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    };
     macro_rules! check {
         ($step:expr, $call:expr) => {
             if $call < 0 {
@@ -669,6 +664,13 @@ unsafe fn build_root(p: &Prepared) -> Result<(), (usize, i32)> {
     Ok(())
 }
 
+/// The calling thread's errno (no allocation: safe between clone and exec).
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
 /// The child's side: builds the jail, drops everything, and execs. Returns only on failure:
 /// the index of the failed step in [`STEPS`] and errno.
 ///
@@ -681,11 +683,6 @@ unsafe fn enter(
     envp: &[*const libc::c_char],
     stdio: [libc::c_int; 3],
 ) -> (usize, i32) {
-    let errno = || {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    };
     macro_rules! check {
         ($step:expr, $call:expr) => {
             if $call < 0 {
@@ -776,11 +773,6 @@ unsafe fn exec(
     envp: &[*const libc::c_char],
     stdio: [libc::c_int; 3],
 ) -> (usize, i32) {
-    let errno = || {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    };
     for (target, fd) in stdio.into_iter().enumerate() {
         if libc::dup2(fd, target as libc::c_int) < 0 {
             return (18, errno());
