@@ -18,9 +18,13 @@
 # suffix (VMM=builtin,builtin+unconfined) runs it with VESSEL_VMM_UNCONFINED=1: no jail and no
 # seccomp filters, the baseline their cost is measured against (the jail-cpu row: CPU time
 # the VMM's process spent before its exec, i.e. in the jail's set-up). For each backend it also
+# `+own` suffix (VMM=qemu,qemu+own) boots vessel's own kernel (`vessel kernel build`, built
+# first if it is not in the cache) instead of $VESSEL_KERNEL (default: Debian's cloud
+# kernel from scripts/setup.sh). For each backend it also
 # reports the memory an idle VM's host processes hold (PSS of the VMM process and its
 # helpers, the processes of its cgroup as `vessel inspect` lists them; `vessel run -d IMAGE
-# sleep`, 2 s after the agent answered an exec).
+# sleep`, 2 s after the agent answered an exec) and what the guest itself uses
+# (MemTotal - MemFree in its /proc/meminfo: the guest RAM it has touched, at most).
 # NO_BUILD=1 uses the release binaries as they are (inside the nested-KVM guest, which
 # should not run cargo: scripts/nested-kvm.sh -- env NO_BUILD=1 VMM=builtin,qemu
 # scripts/bench-vm.sh). Set KEEP=1 to keep the work directory.
@@ -46,6 +50,12 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/vessel-bench-vm.XXXXXX")"
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 ROOT="$WORK/root"
 export VESSEL_KERNEL="$KERNEL"
+OWN_KERNEL=
+if [[ ",$VMM" == *+own* ]]; then
+    OWN_KERNEL=$("$VESSEL" kernel build --no-install --json |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["dir"])')
+fi
+export OWN_KERNEL
 
 # A busybox-static image as an OCI layout, written by hand (no vessel code involved).
 python3 scripts/busybox-image.py "$WORK/bench.tar" bench/vm:latest sh true echo sleep cat
@@ -63,6 +73,8 @@ def env_of(slot):
         env["VESSEL_KERNEL_UNPACK"] = "0"
     if "+unconfined" in slot:
         env["VESSEL_VMM_UNCONFINED"] = "1"
+    if "+own" in slot:
+        env["VESSEL_KERNEL"] = os.environ["OWN_KERNEL"]
     return env
 def vm_cmd(vmm):
     return [vessel, "--root", root, "run", "--rm", "--vmm", vmm_of(vmm), "bench/vm", "true"]
@@ -108,7 +120,11 @@ def idle_pss(vmm):
         info = json.loads(subprocess.run([vessel, "--root", root, "inspect", name],
                                          check=True, capture_output=True, text=True).stdout)
         tree = {p["pid"] for p in info[0]["HostProcesses"]}
-        return sum(pss_kib(p) for p in tree) / 1024, len(tree)
+        mem = subprocess.run([vessel, "--root", root, "exec", name, "cat", "/proc/meminfo"],
+                             capture_output=True, text=True).stdout
+        kib = {l.split(":")[0]: int(l.split()[1]) for l in mem.splitlines() if l.split()[1:2]}
+        used = (kib.get("MemTotal", 0) - kib.get("MemFree", 0)) / 1024
+        return sum(pss_kib(p) for p in tree) / 1024, len(tree), used
     finally:
         subprocess.run([vessel, "--root", root, "rm", "-f", name], capture_output=True)
 names = {v: backend_name(v) for v in vmms}
@@ -145,7 +161,7 @@ print(f"  {'wall min/max':<13}" + "".join(f"{min(walls[v]):8.0f}/{max(walls[v]):
 print(f"  {'first run':<13}" + "".join(f"{first[v][0]:10.1f} {'':10}" for v in vmms) + "  (builds the image disk and the initramfs)")
 for v in vmms:
     r = idle_pss(v)
-    print(f"  idle VM, --vmm {v}: " + (f"{r[0]:.1f} MiB PSS in {r[1]} host process(es)" if r else "did not come up"))
+    print(f"  idle VM, --vmm {v}: " + (f"{r[0]:.1f} MiB PSS in {r[1]} host process(es); the guest uses {r[2]:.1f} MiB (MemTotal - MemFree)" if r else "did not come up"))
 for v in vmms[1:]:
     print(f"--vmm {v} / --vmm {vmms[0]} wall ratio: {med(walls[v]) / med(walls[vmms[0]]):.2f}x; "
           f"--vmm {vmms[0]} / --vmm {v}: {med(walls[vmms[0]]) / med(walls[v]):.2f}x")

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes a busybox-static image as an OCI image layout tarball, by hand (no vessel code
-involved), for the benchmark scripts.
+involved), for the demo and the benchmark scripts.
 
 Usage: busybox-image.py OUT.tar REFERENCE [APPLET...]   (no applets: every applet)
 """

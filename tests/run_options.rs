@@ -333,7 +333,7 @@ fn options_in_vm_mode() {
             "--vmm",
             "qemu",
             "--kernel",
-            vm_support::KERNEL_DIR,
+            &vm_support::kernel_dir().unwrap().display().to_string(),
             "--debug",
         ],
         &["true"],

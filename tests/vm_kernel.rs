@@ -160,3 +160,136 @@ fn without_a_vmm_the_error_names_container_isolation() {
         "{stdout}"
     );
 }
+
+/// The entries of a newc cpio archive, in order.
+fn cpio_names(data: &[u8]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut at = 0;
+    let hex = |b: &[u8]| usize::from_str_radix(std::str::from_utf8(b).unwrap(), 16).unwrap();
+    while at + 110 <= data.len() {
+        let h = &data[at..at + 110];
+        assert_eq!(&h[..6], b"070701", "newc magic at {at}");
+        let size = hex(&h[54..62]);
+        let namesize = hex(&h[94..102]);
+        let name = String::from_utf8_lossy(&data[at + 110..at + 110 + namesize - 1]).into_owned();
+        let data_at = (at + 110 + namesize).next_multiple_of(4);
+        at = (data_at + size).next_multiple_of(4);
+        if name == "TRAILER!!!" {
+            break;
+        }
+        names.push(name);
+    }
+    names
+}
+
+#[test]
+fn build_installs_vessels_own_kernel_with_its_record() {
+    if !common::is_root() {
+        eprintln!("SKIP: vessel kernel build installs its build dependencies as root");
+        return;
+    }
+    let root = TestRoot::new();
+    // scripts/test.sh builds it first; here it comes from the cache (or is built).
+    let out = root
+        .cmd()
+        .args(["kernel", "build"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("VM isolation boots it by default"),
+        "{stdout}"
+    );
+    let dir = root.path().join("kernel");
+    assert!(dir.join("vmlinuz").is_file());
+    assert!(!dir.join("lib/modules").read_dir().unwrap().any(|_| true));
+    // What discovery finds by default, and how it says it was made.
+    let agent = std::env::var("VESSEL_AGENT").ok();
+    let mut cmd = root.cmd();
+    cmd.env_remove("VESSEL_KERNEL").args(["kernel", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&cmd.stdin(Stdio::null()).output().unwrap().stdout).unwrap();
+    assert_eq!(v["source"], "installed under the state root");
+    assert!(v["release"].as_str().unwrap().ends_with("-vessel"), "{v}");
+    assert!(v["modules_dir"].is_null(), "{v}");
+    let origin = v["origin"].as_str().unwrap();
+    assert!(
+        origin.starts_with("vessel kernel build: linux-source-6.1 6.1."),
+        "{origin}"
+    );
+    assert!(
+        origin.contains("guest-kernel/config-6.1-x86_64"),
+        "{origin}"
+    );
+    // The cache's record matches what was installed, byte for byte.
+    let built: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("origin.json")).unwrap()).unwrap();
+    let vmlinuz = std::fs::read(dir.join("vmlinuz")).unwrap();
+    use sha2::Digest;
+    assert_eq!(
+        built["vmlinuz_sha256"],
+        hex::encode(sha2::Sha256::digest(&vmlinuz))
+    );
+    assert!(built["build_seconds"].as_f64().unwrap() > 0.0);
+    // Its initramfs holds the agent alone: nothing to load at boot.
+    if agent.is_some() {
+        let initramfs = v["initramfs"].as_str().expect("initramfs packed");
+        let names = cpio_names(&std::fs::read(initramfs).unwrap());
+        assert_eq!(
+            names,
+            ["dev", "proc", "sys", "run", "tmp", "dev/console", "init"]
+        );
+    }
+    // A second build is a cache hit, and says so.
+    let out = root
+        .cmd()
+        .args(["kernel", "build", "--no-install", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["fresh"], false);
+}
+
+#[test]
+fn a_config_that_does_not_take_is_refused_before_compiling() {
+    if !common::is_root() {
+        eprintln!("SKIP: vessel kernel build installs its build dependencies as root");
+        return;
+    }
+    let root = TestRoot::new();
+    let frag = root.path().join("bad.config");
+    // VIRTIO_BLK depends on VIRTIO and BLOCK, which this fragment does not turn on.
+    std::fs::write(&frag, "CONFIG_64BIT=y\nCONFIG_VIRTIO_BLK=y\n").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = root
+        .cmd()
+        .env("VESSEL_KERNEL_BUILD_CACHE", cache.path())
+        .args(["kernel", "build", "--config"])
+        .arg(&frag)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the config fragment did not take")
+            && stderr.contains("CONFIG_VIRTIO_BLK=y"),
+        "{stderr}"
+    );
+    // Nothing was stored, the unpacked tree is gone, and the root has no kernel.
+    let left: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!root.path().join("kernel").exists());
+}

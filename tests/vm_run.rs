@@ -54,12 +54,7 @@ fn output_status_and_own_kernel(vmm: &str) {
         "guest boot id {boot_id:?} vs host {}",
         host_boot_id()
     );
-    assert_eq!(
-        release,
-        std::fs::read_to_string(format!("{}/version", vm_support::KERNEL_DIR))
-            .unwrap()
-            .trim()
-    );
+    assert_eq!(release, vm_support::kernel_release());
     let procs: usize = stdout
         .lines()
         .find_map(|l| l.strip_prefix("procs="))

@@ -12,7 +12,7 @@ use super::kernel::Kernel;
 use super::{agent, modules, BootError};
 
 /// Bumped whenever the archive's layout changes, so old caches are not reused.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// A packed initramfs.
 pub struct Initramfs {
@@ -74,12 +74,20 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
     let write = || -> std::io::Result<()> {
         let file = std::fs::File::create(&tmp)?;
         let mut w = CpioWriter::new(std::io::BufWriter::new(file));
-        for d in ["dev", "proc", "sys", "run", "tmp", "modules"] {
+        for d in ["dev", "proc", "sys", "run", "tmp"] {
             w.dir(d, 0o755)?;
         }
         // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
         w.char_dev("dev/console", 0o600, 5, 1)?;
         w.file("init", 0o755, &agent_bin)?;
+        // A kernel without modules (vessel's own) gets the agent alone: no lists to read.
+        if kernel.modules.is_none() {
+            let mut out = w.finish()?;
+            out.flush()?;
+            out.get_ref().sync_all()?;
+            return Ok(());
+        }
+        w.dir("modules", 0o755)?;
         for (list, set) in [("order", &mods), ("volumes.order", &vol_mods)] {
             let mut order = String::new();
             for m in set {

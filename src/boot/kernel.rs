@@ -45,6 +45,19 @@ pub struct Kernel {
     pub release: Option<String>,
     /// Where discovery found it.
     pub source: KernelSource,
+    /// How it was made, from the `origin.json` beside it (`vessel kernel build`'s record,
+    /// or what `vessel kernel install` installed it from).
+    pub origin: Option<String>,
+}
+
+/// How the kernel in `dir` was made, in one line, from its `origin.json`.
+fn origin_in(dir: &Path) -> Option<String> {
+    let data = std::fs::read(dir.join("origin.json")).ok()?;
+    if let Ok(built) = serde_json::from_slice::<super::kernel_build::Origin>(&data) {
+        return Some(built.describe());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
+    v["how"].as_str().map(str::to_string)
 }
 
 /// The installed kernel's directory under a state root.
@@ -80,6 +93,7 @@ pub fn discover(root: &Path, flag: Option<&Path>) -> Result<Kernel, BootError> {
                 image: host,
                 modules: modules.is_dir().then_some(modules),
                 source: KernelSource::Host,
+                origin: Some("the host's own kernel".into()),
             });
         }
         tried.push(host.display().to_string());
@@ -115,11 +129,13 @@ fn from_path(p: &Path, source: KernelSource) -> Result<Kernel, BootError> {
             .collect();
         (entries.len() == 1).then(|| entries.remove(0))
     });
+    let origin = if p.is_dir() { origin_in(p) } else { None };
     Ok(Kernel {
         image,
         modules,
         release,
         source,
+        origin,
     })
 }
 
@@ -204,6 +220,23 @@ pub fn install(root: &Path, from: &Path) -> Result<Kernel, BootError> {
             .map_err(io("creating the kernel dir".into()))?;
         std::fs::copy(&image, out.join("vmlinuz"))
             .map_err(io(format!("copying {}", image.display())))?;
+        // How it was made: a build's own record, else where it was installed from.
+        let origin = if tree.join("origin.json").is_file() {
+            std::fs::read(tree.join("origin.json")).map_err(io("reading origin.json".into()))?
+        } else {
+            let how = if from.is_dir() {
+                format!("vessel kernel install --from {}", from.display())
+            } else {
+                format!(
+                    "vessel kernel install --from {} (Debian package)",
+                    from.display()
+                )
+            };
+            serde_json::to_vec_pretty(&serde_json::json!({ "how": how }))
+                .map_err(|e| io("writing origin.json".into())(std::io::Error::other(e)))?
+        };
+        std::fs::write(out.join("origin.json"), origin)
+            .map_err(io("writing origin.json".into()))?;
         let mods = tree.join("lib/modules").join(&rel);
         if mods.is_dir() {
             let st = std::process::Command::new("cp")

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod cpio;
 pub mod initramfs;
 pub mod kernel;
+pub mod kernel_build;
 pub mod modules;
 pub mod vmlinux;
 
@@ -53,6 +54,9 @@ pub enum BootError {
         /// What was wrong.
         reason: String,
     },
+    /// Building vessel's own kernel failed.
+    #[error("building the guest kernel: {0}")]
+    KernelBuild(String),
     /// A host I/O operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -29,6 +29,27 @@ pub struct KernelArgs {
 enum KernelCommand {
     /// Install a guest kernel under the state root (from an extracted tree or a linux-image .deb).
     Install(InstallArgs),
+    /// Build vessel's own guest kernel (Debian's linux-source-6.1, everything built in) and
+    /// install it under the state root; cached, so a second build is instant.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BuildArgs {
+    /// A config fragment to apply over allnoconfig instead of vessel's
+    /// (guest-kernel/config-6.1-x86_64).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Parallel compile jobs (default: the number of CPUs).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    /// Build (or find in the cache) only; leave the state root's kernel as it is.
+    #[arg(long)]
+    no_install: bool,
+    /// Print the result as JSON (the cache directory, whether it was built now, how long
+    /// it took).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,8 +65,10 @@ const SETUP_CACHE: &str = "/var/cache/vessel/kernel";
 
 /// Runs `vessel kernel`.
 pub fn kernel(root: &Path, args: KernelArgs) -> anyhow::Result<ExitCode> {
-    if let Some(KernelCommand::Install(i)) = args.command {
-        return install(root, i);
+    match args.command {
+        Some(KernelCommand::Install(i)) => return install(root, i),
+        Some(KernelCommand::Build(b)) => return build(root, b),
+        None => {}
     }
     let k = boot::kernel::discover(root, args.kernel.as_deref())?;
     let mods: Vec<String> = match &k.modules {
@@ -66,6 +89,7 @@ pub fn kernel(root: &Path, args: KernelArgs) -> anyhow::Result<ExitCode> {
             "boot_image_error": boot_image.as_ref().err().map(|e| e.to_string()),
             "source": k.source.to_string(),
             "release": k.release,
+            "origin": k.origin,
             "modules_dir": k.modules,
             "modules": mods,
             "initramfs": initramfs.as_ref().ok().map(|i| &i.path),
@@ -115,9 +139,12 @@ pub fn kernel(root: &Path, args: KernelArgs) -> anyhow::Result<ExitCode> {
 fn print_kernel(k: &Kernel, mods: &[String]) {
     println!("kernel:    {} ({})", k.image.display(), k.source);
     println!("release:   {}", k.release.as_deref().unwrap_or("unknown"));
+    if let Some(o) = &k.origin {
+        println!("origin:    {o}");
+    }
     match &k.modules {
         Some(m) => println!("modules:   {}", m.display()),
-        None => println!("modules:   none found (the kernel must have virtio-mmio, virtio-blk, virtio-console, ext4 and overlayfs built in)"),
+        None => println!("modules:   none (everything the guest needs must be built in, as in `vessel kernel build`'s)"),
     }
     println!(
         "packed:    {}",
@@ -152,5 +179,65 @@ fn install(root: &Path, args: InstallArgs) -> anyhow::Result<ExitCode> {
         None => Vec::new(),
     };
     print_kernel(&k, &mods);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build(root: &Path, args: BuildArgs) -> anyhow::Result<ExitCode> {
+    use boot::kernel_build;
+    let (fragment, fragment_name) = match &args.config {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the config fragment {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            kernel_build::FRAGMENT.to_string(),
+            "guest-kernel/config-6.1-x86_64".to_string(),
+        ),
+    };
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let recipe = kernel_build::Recipe {
+        fragment,
+        fragment_name,
+        jobs,
+    };
+    let progress = kernel_build::ConsoleProgress::new();
+    let built = kernel_build::build(&recipe, &progress)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "dir": built.dir,
+                "fresh": built.fresh,
+                "build_seconds": built.build_seconds,
+            })
+        );
+    } else if built.fresh {
+        println!(
+            "built the guest kernel in {:.0} s: {}",
+            built.build_seconds,
+            built.dir.display()
+        );
+    } else {
+        println!(
+            "the guest kernel is already built (it took {:.0} s): {}",
+            built.build_seconds,
+            built.dir.display()
+        );
+    }
+    if args.no_install {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let k = boot::kernel::install(root, &built.dir)
+        .with_context(|| format!("installing the kernel from {}", built.dir.display()))?;
+    println!(
+        "installed guest kernel {} under {}; VM isolation boots it by default",
+        k.release.as_deref().unwrap_or("(unknown release)"),
+        boot::kernel::installed_dir(root).display()
+    );
+    print_kernel(&k, &[]);
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,59 @@ use std::sync::OnceLock;
 use crate::common::{self, TestImage, TestRoot};
 
 /// Where scripts/setup.sh leaves Debian's cloud kernel.
-pub const KERNEL_DIR: &str = "/var/cache/vessel/kernel";
+pub const DEBIAN_KERNEL_DIR: &str = "/var/cache/vessel/kernel";
+
+/// The guest kernel the VM tests boot: vessel's own by default (`vessel kernel build`,
+/// which scripts/test.sh runs first; here it is a cache hit, or the build itself), or with
+/// `VESSEL_TEST_KERNEL=debian` Debian's cloud kernel from scripts/setup.sh, or a path.
+pub fn kernel_dir() -> Result<PathBuf, String> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| match std::env::var("VESSEL_TEST_KERNEL").as_deref() {
+        Ok("debian") => {
+            let d = PathBuf::from(DEBIAN_KERNEL_DIR);
+            if d.join("vmlinuz").is_file() {
+                Ok(d)
+            } else {
+                Err(format!(
+                    "no guest kernel at {DEBIAN_KERNEL_DIR} (run scripts/setup.sh)"
+                ))
+            }
+        }
+        Ok(p) if !p.is_empty() && p != "own" => Ok(PathBuf::from(p)),
+        _ => {
+            let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
+                .args(["kernel", "build", "--no-install", "--json"])
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("running vessel kernel build: {e}"))?;
+            // Everything it needs is installable: a failure is the test's failure.
+            assert!(out.status.success(), "vessel kernel build failed");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("vessel kernel build --json: {e}"))?;
+            Ok(PathBuf::from(v["dir"].as_str().expect("dir")))
+        }
+    })
+    .clone()
+}
+
+/// The release of [`kernel_dir`]'s kernel, as `vessel kernel` reads it.
+pub fn kernel_release() -> String {
+    let dir = kernel_dir().expect("a guest kernel");
+    let out = Command::new(env!("CARGO_BIN_EXE_vessel"))
+        .arg("kernel")
+        .arg("--json")
+        .arg("--kernel")
+        .arg(&dir)
+        .env(
+            "VESSEL_ROOT",
+            std::env::temp_dir().join("vessel-test-kernel-root"),
+        )
+        .output()
+        .expect("vessel kernel");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kernel --json");
+    v["release"].as_str().expect("release").to_string()
+}
 
 /// Builds the static guest agent once per test binary (cargo is not holding the build lock
 /// while tests run), or takes `$VESSEL_AGENT`.
@@ -51,6 +103,8 @@ pub struct VmEnv {
     pub image: String,
     /// `--vmm` value.
     pub vmm: String,
+    /// The guest kernel ([`kernel_dir`]).
+    pub kernel: PathBuf,
     agent: PathBuf,
 }
 
@@ -64,10 +118,13 @@ pub fn setup(vmm: &str) -> Option<VmEnv> {
     if common::skip_without(&["mke2fs", common::BUSYBOX]) {
         return None;
     }
-    if !Path::new(KERNEL_DIR).join("vmlinuz").is_file() {
-        eprintln!("SKIP: no guest kernel at {KERNEL_DIR} (run scripts/setup.sh)");
-        return None;
-    }
+    let kernel = match kernel_dir() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            return None;
+        }
+    };
     let agent = match agent() {
         Ok(a) => a,
         Err(e) => {
@@ -80,6 +137,7 @@ pub fn setup(vmm: &str) -> Option<VmEnv> {
         root,
         image: String::new(),
         vmm: vmm.to_string(),
+        kernel,
         agent,
     };
     // Ask vessel itself whether this backend can run here.
@@ -108,7 +166,7 @@ impl VmEnv {
     /// kernel anew for each one costs seconds, tens of them in the nested-KVM guest.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = self.root.cmd();
-        c.env("VESSEL_KERNEL", KERNEL_DIR)
+        c.env("VESSEL_KERNEL", &self.kernel)
             .env("VESSEL_AGENT", &self.agent)
             .env(
                 "VESSEL_BOOT_CACHE",
