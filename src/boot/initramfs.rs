@@ -5,7 +5,6 @@
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use super::cpio::CpioWriter;
 use super::kernel::Kernel;
@@ -22,24 +21,16 @@ pub struct Initramfs {
     pub agent: PathBuf,
 }
 
-fn stamp(p: &Path) -> (u64, Option<SystemTime>) {
-    let m = std::fs::metadata(p).ok();
-    (
-        m.as_ref().map_or(0, |m| m.len()),
-        m.and_then(|m| m.modified().ok()),
-    )
-}
-
 /// The cached initramfs for `kernel`, packing it first if needed.
 pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
     let agent = agent::find()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     FORMAT.hash(&mut h);
     agent.hash(&mut h);
-    stamp(&agent).hash(&mut h);
+    super::file_stamp(&agent).hash(&mut h);
     kernel.modules.hash(&mut h);
     if let Some(m) = &kernel.modules {
-        stamp(m).hash(&mut h);
+        super::file_stamp(m).hash(&mut h);
     }
     modules::NEEDED.hash(&mut h);
     modules::VOLUMES.hash(&mut h);

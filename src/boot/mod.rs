@@ -21,6 +21,16 @@ pub fn cache_dir(root: &Path) -> PathBuf {
     }
 }
 
+/// A file's size and modification time: what the boot caches are keyed by besides its
+/// path (a kernel or agent replaced in place gets a new entry).
+pub(crate) fn file_stamp(p: &Path) -> (u64, Option<std::time::SystemTime>) {
+    let m = std::fs::metadata(p).ok();
+    (
+        m.as_ref().map_or(0, |m| m.len()),
+        m.and_then(|m| m.modified().ok()),
+    )
+}
+
 /// Failures while finding or preparing boot assets.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {

@@ -177,14 +177,6 @@ pub fn is_pvh_elf(elf: &[u8]) -> bool {
     false
 }
 
-fn stamp(p: &Path) -> (u64, Option<std::time::SystemTime>) {
-    let m = std::fs::metadata(p).ok();
-    (
-        m.as_ref().map_or(0, |m| m.len()),
-        m.and_then(|m| m.modified().ok()),
-    )
-}
-
 /// The image to boot for `image`: an ELF vmlinux with a PVH entry point (unpacked from the
 /// bzImage and cached in [`super::cache_dir`]), or `image` itself when it cannot be had.
 pub fn boot_image(root: &Path, image: &Path) -> Result<PathBuf, BootError> {
@@ -194,7 +186,7 @@ pub fn boot_image(root: &Path, image: &Path) -> Result<PathBuf, BootError> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     FORMAT.hash(&mut h);
     image.hash(&mut h);
-    stamp(image).hash(&mut h);
+    super::file_stamp(image).hash(&mut h);
     let dir = super::cache_dir(root);
     let cached = dir.join(format!("vmlinux-{:016x}", h.finish()));
     // A kernel that cannot be unpacked is remembered too, so that runs do not retry.

@@ -541,17 +541,24 @@ fn guest_reads_a_sector_from_virtio_blk() {
     assert_eq!(out[8], 0, "virtio-blk status");
 }
 
-#[test]
-fn binary_stops_on_sigterm_with_code_7() {
-    if skip_without_kvm() {
-        return;
-    }
+/// A `vessel-vmm` config for a real-mode guest that spins (`jmp $`) until its 10 s
+/// timeout: the image file and the config file, kept alive by the caller.
+fn spinning_guest_config() -> (tempfile::NamedTempFile, tempfile::NamedTempFile) {
     let image = temp_file(&[0xeb, 0xfe]); // jmp $
     let json = format!(
         r#"{{"kernel": "{}", "kernel_format": {{"type": "raw", "load_address": 4096, "entry": 4096, "mode": "real"}}, "memory_mib": 16, "timeout_ms": 10000}}"#,
         image.path().display()
     );
     let config = temp_file(json.as_bytes());
+    (image, config)
+}
+
+#[test]
+fn binary_stops_on_sigterm_with_code_7() {
+    if skip_without_kvm() {
+        return;
+    }
+    let (_image, config) = spinning_guest_config();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))
         .arg("--config")
         .arg(config.path())
@@ -635,12 +642,7 @@ fn forbidden_system_call_ends_the_vmm_and_names_the_call() {
     if skip_without_kvm() {
         return;
     }
-    let image = temp_file(&[0xeb, 0xfe]); // jmp $
-    let json = format!(
-        r#"{{"kernel": "{}", "kernel_format": {{"type": "raw", "load_address": 4096, "entry": 4096, "mode": "real"}}, "memory_mib": 16, "timeout_ms": 10000}}"#,
-        image.path().display()
-    );
-    let config = temp_file(json.as_bytes());
+    let (_image, config) = spinning_guest_config();
     for role in ["main", "vcpu"] {
         let start = Instant::now();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_vessel-vmm"))

@@ -33,12 +33,16 @@ pub fn command(
     spec: &MachineSpec,
     config_path: &Path,
     config_arg: &Path,
+    seccomp: bool,
 ) -> Result<Command, String> {
     let config = vm_config(spec);
     let json = serde_json::to_vec_pretty(&config).map_err(|e| e.to_string())?;
     std::fs::write(config_path, json)
         .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
     let mut c = Command::new(binary()?);
+    if !seccomp {
+        c.arg("--no-seccomp");
+    }
     c.arg("--config").arg(config_arg);
     Ok(c)
 }

@@ -248,7 +248,7 @@ impl Machine {
         if unconfined {
             inside = spec.clone();
         }
-        let mut cmd: Command = match vmm {
+        let cmd: Command = match vmm {
             Vmm::Qemu { kvm } => qemu::command(&inside, kvm, !unconfined),
             Vmm::Builtin => {
                 binds.push(Bind {
@@ -261,14 +261,9 @@ impl Machine {
                 } else {
                     config
                 };
-                builtin::command(&inside, &dir.join("vmm.json"), &arg)?
+                builtin::command(&inside, &dir.join("vmm.json"), &arg, !unconfined)?
             }
         };
-        if unconfined && vmm == Vmm::Builtin {
-            let args: Vec<_> = cmd.get_args().map(|a| a.to_os_string()).collect();
-            cmd = Command::new(cmd.get_program());
-            cmd.arg("--no-seccomp").args(args);
-        }
         hand_over(spec, confine.uid)?;
         let root = dir.join("jail");
         std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
