@@ -221,12 +221,14 @@ impl Vm {
     }
 
     /// Runs the VM with each thread confined by its seccomp filter (the `vessel-vmm`
-    /// binary's way): vCPU threads install theirs before their first `KVM_RUN`, this thread
-    /// its own before the event loop first waits. A filter that cannot be installed ends
-    /// the VM before the guest runs.
+    /// binary's way): vCPU threads install theirs, then wait until this thread has
+    /// installed its own, so no guest instruction runs before every filter is in place. A
+    /// filter that cannot be installed ends the VM before the guest runs.
     pub fn run_with(mut self, filters: Option<Arc<Filters>>) -> Result<ExitReason, VmmError> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let mut threads = Vec::with_capacity(self.vcpus.len());
+        // Set (and each vCPU thread unparked) once this thread's filter is installed.
+        let go = Arc::new(std::sync::OnceLock::<()>::new());
         for (id, fd) in self.vcpus.drain(..).enumerate() {
             let ctx = VcpuContext {
                 id: id as u8,
@@ -236,6 +238,7 @@ impl Vm {
                 mem: self.mem.clone(),
             };
             let filters = filters.clone();
+            let go = go.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
@@ -245,6 +248,10 @@ impl Vm {
                             return;
                         }
                         seccomp::selftest("vcpu");
+                    }
+                    // park may wake spuriously: wait for the flag itself.
+                    while go.get().is_none() {
+                        std::thread::park();
                     }
                     vcpu::run_vcpu(fd, ctx)
                 });
@@ -262,6 +269,10 @@ impl Vm {
                 self.exit.report(Err(e));
             }
             seccomp::selftest("main");
+        }
+        let _ = go.set(());
+        for t in &threads {
+            t.thread().unpark();
         }
         let outcome = EventLoop {
             exit: &self.exit,
