@@ -1,56 +1,114 @@
 #!/usr/bin/env bash
 # The part of scripts/test.sh that runs inside the nested-KVM guest (L1, scripts/nested-kvm.sh):
-# the built-in VMM's end-to-end tests on vessel's own kernel (and two on Debian's), the VMM's
-# Linux boot, and container mode's cgroup tests on a pure cgroup v2 hierarchy.
+# the built-in VMM's end-to-end tests on vessel's own kernel, the VMM's Linux boot (Debian's
+# kernel), and container mode's cgroup tests on a pure cgroup v2 hierarchy.
 #
 # Usage (from test.sh): nested-tests.sh VM_RUN BOOT_LINUX CONTAINER_RUN CONTAINER_LIFECYCLE VOLUMES
 #
-# Each test runs on its own under a time limit. Now and then an L2 VM makes no progress at
-# all (seen here twice on 2026-12-05, at the first L2 boot of one L1 session and at the
-# second of another, while dozens of other L1 sessions passed; the cause, somewhere in
-# QEMU's TCG emulation of nested SVM or L1's KVM, is not known): a test that outlives its
-# limit is said so and run once more, so a stall costs minutes instead of the whole run,
-# and a test that hangs twice fails.
+# Each test runs on its own under a time limit, in two lanes at once (an L2 VM keeps one of
+# L1's two vCPUs busy, so one lane would leave the other idle). Now and then an L2 VM makes
+# no progress at all (seen here twice on 2026-12-05, at the first L2 boot of one L1 session
+# and at the second of another, while dozens of other L1 sessions passed; the cause,
+# somewhere in QEMU's TCG emulation of nested SVM or L1's KVM, is not known): a test that
+# outlives its limit is said so, whatever it left running is killed, and it runs once more,
+# so a stall costs a couple of minutes instead of the whole run; a test that hangs twice
+# fails. A test's output is printed in one piece when it ends, so lanes do not interleave.
 set -uo pipefail
 vm_run=$1 boot_linux=$2 container_run=$3 container_lifecycle=$4 volumes=$5
-status=0
+lanes=${VESSEL_NESTED_LANES:-2}
+work=$(mktemp -d /run/nested-tests.XXXXXX)
+trap 'rm -rf "$work"' EXIT
 
-# bounded SECONDS NAME COMMAND...: runs COMMAND; a run past SECONDS is retried once.
-bounded() {
-    local limit=$1 name=$2 rc
+# The queue: one job per test, each a time limit, a name and a command line.
+limits=() names=() commands=()
+job() {
+    local limit=$1 name=$2
     shift 2
-    timeout -k 10 "$limit" "$@"
-    rc=$?
-    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        echo "nested-tests: $name made no progress in ${limit}s (a stalled L2 VM?); running it once more"
-        timeout -k 10 "$limit" "$@"
+    limits+=("$limit") names+=("$name") commands+=("$(printf '%q ' "$@")")
+}
+# tests BINARY FILTER: the names of BINARY's tests that match FILTER.
+tests() { "$1" "$2" --list --format terse 2>/dev/null | sed -n 's/: test$//p'; }
+
+# Slow ones first, so the lanes end together.
+job 240 "container_run (cgroup v2)" env TMPDIR=/run "$container_run" --show-output \
+    --color=never --test-threads=2 cpu_quota_is_applied pids_limit_stops_a_fork_bomb \
+    memory_limit rm_flag_leaves_nothing_behind
+for t in $(tests "$vm_run" builtin_vmm::); do
+    job 150 "$t" "$vm_run" "$t" --exact --show-output --color=never
+done
+# Shared directories on the guest's tmpfs: its /tmp is itself virtio-fs.
+for t in $(tests "$volumes" builtin_vmm::); do
+    job 150 "$t" env TMPDIR=/run "$volumes" "$t" --exact --show-output --color=never
+done
+job 120 boot_linux env -C vmm "$boot_linux" --show-output --color=never
+job 120 "container_lifecycle (cgroup v2)" env TMPDIR=/run "$container_lifecycle" \
+    --show-output --color=never next_invocation_cleans_up
+
+# attempt I OUT: runs job I once, its output into OUT, in a cgroup of its own so that what it
+# leaves behind can be killed with it: a vessel, and through their parent-death signal the
+# VMMs and helpers it started (they sit in cgroups of their own).
+attempt() {
+    local i=$1 out=$2 cg=/sys/fs/cgroup/nested-job-$1 pid rc=124 deadline
+    mkdir -p "$cg"
+    touch "$work/start.$i"
+    (
+        echo "$BASHPID" >"$cg/cgroup.procs"
+        exec bash -c "${commands[$i]}"
+    ) >"$out" 2>&1 &
+    pid=$!
+    deadline=$((SECONDS + limits[i]))
+    while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+        # What a stall looked like, for whoever looks into it: the processes, L1's kernel
+        # log, and the serial logs of the VMs this job started.
+        {
+            echo "nested-tests: ${names[$i]}: still running after ${limits[$i]}s:"
+            ps -eo pid,ppid,stat,wchan:22,time,args | grep -E '[v]essel|[q]emu' | cut -c1-200
+            dmesg | tail -n 8
+            # Test roots are TMPDIR/vessel-test-root.*; no wider search: /tmp is the host's,
+            # over virtio-fs, and walking it would use up virtiofsd's file descriptors.
+            for log in /tmp/vessel-test-root.*/containers/*/console.log \
+                /run/vessel-test-root.*/containers/*/console.log; do
+                [ "$log" -nt "$work/start.$i" ] || continue
+                echo "--- $log"
+                tail -n 12 "$log"
+            done
+        } 2>&1 | sed 's/^/  | /' >>"$out"
+    else
+        wait "$pid"
         rc=$?
     fi
-    [ "$rc" = 0 ] || status=1
+    echo 1 >"$cg/cgroup.kill" 2>/dev/null || xargs -r kill -KILL <"$cg/cgroup.procs" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    for _ in $(seq 50); do rmdir "$cg" 2>/dev/null && break; sleep 0.1; done
+    return "$rc"
 }
 
-# each_test SECONDS BINARY FILTER [ENV...]: every test of BINARY matching FILTER, one by one.
-each_test() {
-    local limit=$1 binary=$2 filter=$3 t
-    shift 3
-    for t in $("$binary" "$filter" --list --format terse 2>/dev/null | sed -n 's/: test$//p'); do
-        bounded "$limit" "$t" env "$@" "$binary" "$t" --exact --show-output --color=never
+# lane: takes the next job from the queue until it is empty.
+lane() {
+    local i rc out t0
+    while :; do
+        i=$(flock "$work/queue" bash -c 'n=$(cat "$1"); echo $((n + 1)) >"$1"; echo "$n"' _ "$work/next")
+        [ "$i" -lt "${#names[@]}" ] || return 0
+        out=$work/out.$i
+        t0=$SECONDS
+        attempt "$i" "$out"
+        rc=$?
+        if [ "$rc" = 124 ]; then
+            echo "nested-tests: ${names[$i]} made no progress in ${limits[$i]}s (a stalled L2 VM?); running it once more" >>"$out"
+            attempt "$i" "$out.2"
+            rc=$?
+            cat "$out.2" >>"$out"
+        fi
+        [ "$rc" = 0 ] || touch "$work/failed"
+        echo "nested-tests: ${names[$i]}: $([ "$rc" = 0 ] && echo ok || echo "FAILED ($rc)") in $((SECONDS - t0)) s" >>"$out"
+        flock "$work/queue" cat "$out"
     done
 }
 
-bounded 300 boot_linux env -C vmm "$boot_linux" --show-output --color=never
-each_test 300 "$vm_run" builtin_vmm::
-for t in builtin_vmm::output_status_and_own_kernel builtin_vmm::signals_reach_the_process_and_tty_input_ends; do
-    bounded 300 "$t (Debian's kernel)" env VESSEL_TEST_KERNEL=debian \
-        "$vm_run" "$t" --exact --show-output --color=never
-done
-# Shared directories on the guest's tmpfs: its /tmp is itself virtio-fs.
-each_test 300 "$volumes" builtin_vmm:: TMPDIR=/run
 echo "cgroup: $(stat -fc %T /sys/fs/cgroup), controllers: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
-# Container roots go on the guest's own tmpfs: overlayfs takes no upper dir on virtio-fs.
-bounded 600 "container_run (cgroup v2)" env TMPDIR=/run "$container_run" --show-output \
-    --color=never --test-threads=2 cpu_quota_is_applied pids_limit_stops_a_fork_bomb \
-    memory_limit rm_flag_leaves_nothing_behind
-bounded 300 "container_lifecycle (cgroup v2)" env TMPDIR=/run "$container_lifecycle" \
-    --show-output --color=never next_invocation_cleans_up
-exit "$status"
+echo 0 >"$work/next"
+touch "$work/queue"
+for _ in $(seq "$lanes"); do lane & done
+wait
+[ ! -e "$work/failed" ]

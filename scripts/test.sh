@@ -17,14 +17,19 @@
 # host's KVM boots Linux.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# took WHAT: says how long WHAT (the step since the last one) took.
+mark=$SECONDS
+took() { echo "== test.sh: $1 took $((SECONDS - mark)) s"; mark=$SECONDS; }
 bash scripts/setup.sh
 cargo build --workspace --all-targets
+took "the build"
 # The static guest agent, built once here (the tests in L1 must not run cargo).
 cargo build --quiet --release -p vessel-agent --target x86_64-unknown-linux-musl
 export VESSEL_AGENT=$PWD/target/x86_64-unknown-linux-musl/release/vessel-agent
 # vessel's own guest kernel, which the VM tests boot (cached after the first build, which
 # takes a few minutes on 2 cores); Debian's cloud kernel gets a pass of its own below.
 target/debug/vessel kernel build --no-install
+took "the agent and the guest kernel"
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -53,6 +58,7 @@ if [ "$nested" = 1 ]; then
 fi
 cargo test --workspace --no-fail-fast -- --show-output --test-threads="$threads" \
     "${skip_args[@]}" 2>&1 | tee "$log" || status=$?
+took "the workspace's tests"
 
 # The VM suites once more on Debian's cloud kernel (modules loaded from the initramfs),
 # which `vessel kernel install` and --kernel keep supporting.
@@ -65,6 +71,7 @@ VESSEL_TEST_KERNEL=debian "${bin[vm_run]}" qemu:: --show-output --color=never \
     --test-threads="$threads" 2>&1 | tee -a "$log" || status=1
 VESSEL_TEST_KERNEL=debian "${bin[volumes]}" qemu:: --show-output --color=never \
     --test-threads="$threads" 2>&1 | tee -a "$log" || status=1
+took "the VM suites on Debian's kernel"
 
 if [ "$nested" = 1 ]; then
     for t in vm_run volumes boot_linux container_run container_lifecycle; do
@@ -73,10 +80,11 @@ if [ "$nested" = 1 ]; then
     echo
     echo "== In a nested-KVM guest (scripts/nested-kvm.sh): the built-in VMM's tests, and"
     echo "== container mode on a pure cgroup v2 hierarchy"
-    bash scripts/nested-kvm.sh --cpus 2 --memory 3G --timeout 1500 -- \
+    bash scripts/nested-kvm.sh --cpus 2 --memory 4G --timeout 900 -- \
         bash scripts/nested-tests.sh "${bin[vm_run]}" "${bin[boot_linux]}" \
         "${bin[container_run]}" "${bin[container_lifecycle]}" "${bin[volumes]}" \
         2>&1 | tee -a "$log" || status=1
+    took "the nested-KVM part"
 fi
 
 echo
