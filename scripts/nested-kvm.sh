@@ -167,5 +167,5 @@ if [ -s "$run/status" ]; then
 fi
 why=$(grep -m1 -o 'Kernel panic - .*' "$run/console.log" 2>/dev/null | tr -d '\r' || true)
 say "L1 crashed (qemu exited $qemu_status without the command's status${why:+: $why}); its last messages:"
-last_messages
+last_messages 40
 exit 125

@@ -5,6 +5,11 @@
 #
 # Usage (from test.sh): nested-tests.sh VM_RUN BOOT_LINUX CONTAINER_RUN CONTAINER_LIFECYCLE VOLUMES
 #
+# With $VESSEL_NESTED_DONE set to a directory (on a path shared with the host), each job
+# that ends leaves a mark there, and a job already marked is not run again: when L1 itself
+# crashed, test.sh starts a new L1 on the same directory and only the jobs that had not
+# ended run there.
+#
 # Each test runs on its own under a time limit, in two lanes at once (an L2 VM keeps one of
 # L1's two vCPUs busy, so one lane would leave the other idle). Now and then an L2 VM makes
 # no progress at all (seen here twice on 2026-12-05, at the first L2 boot of one L1 session
@@ -16,6 +21,7 @@
 set -uo pipefail
 vm_run=$1 boot_linux=$2 container_run=$3 container_lifecycle=$4 volumes=$5
 lanes=${VESSEL_NESTED_LANES:-2}
+done_dir=${VESSEL_NESTED_DONE:-}
 work=$(mktemp -d /run/nested-tests.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -30,18 +36,19 @@ job() {
 tests() { "$1" "$2" --list --format terse 2>/dev/null | sed -n 's/: test$//p'; }
 
 # Slow ones first, so the lanes end together.
-job 240 "container_run (cgroup v2)" env TMPDIR=/run "$container_run" --show-output \
+job 300 "container_run (cgroup v2)" env TMPDIR=/run "$container_run" --show-output \
     --color=never --test-threads=2 cpu_quota_is_applied pids_limit_stops_a_fork_bomb \
     memory_limit rm_flag_leaves_nothing_behind
-for t in $(tests "$vm_run" builtin_vmm::); do
-    job 150 "$t" "$vm_run" "$t" --exact --show-output --color=never
+slow="builtin_vmm::full_disk_and_unresponsive_vms builtin_vmm::detached_lifecycle"
+for t in $slow $(tests "$vm_run" builtin_vmm:: | grep -vxF -e "${slow// /$'\n'}"); do
+    job 240 "$t" "$vm_run" "$t" --exact --show-output --color=never
 done
 # Shared directories on the guest's tmpfs: its /tmp is itself virtio-fs.
 for t in $(tests "$volumes" builtin_vmm::); do
-    job 150 "$t" env TMPDIR=/run "$volumes" "$t" --exact --show-output --color=never
+    job 240 "$t" env TMPDIR=/run "$volumes" "$t" --exact --show-output --color=never
 done
-job 120 boot_linux env -C vmm "$boot_linux" --show-output --color=never
-job 120 "container_lifecycle (cgroup v2)" env TMPDIR=/run "$container_lifecycle" \
+job 180 boot_linux env -C vmm "$boot_linux" --show-output --color=never
+job 180 "container_lifecycle (cgroup v2)" env TMPDIR=/run "$container_lifecycle" \
     --show-output --color=never next_invocation_cleans_up
 
 # attempt I OUT: runs job I once, its output into OUT, in a cgroup of its own so that what it
@@ -86,10 +93,15 @@ attempt() {
 
 # lane: takes the next job from the queue until it is empty.
 lane() {
-    local i rc out t0
+    local i rc out t0 mark
     while :; do
         i=$(flock "$work/queue" bash -c 'n=$(cat "$1"); echo $((n + 1)) >"$1"; echo "$n"' _ "$work/next")
         [ "$i" -lt "${#names[@]}" ] || return 0
+        mark=${names[$i]//[^A-Za-z0-9_.:()-]/_}
+        if [ -n "$done_dir" ] && [ -e "$done_dir/$mark" ]; then
+            [ "$(cat "$done_dir/$mark")" = 0 ] || touch "$work/failed"
+            continue
+        fi
         out=$work/out.$i
         t0=$SECONDS
         attempt "$i" "$out"
@@ -103,6 +115,7 @@ lane() {
         [ "$rc" = 0 ] || touch "$work/failed"
         echo "nested-tests: ${names[$i]}: $([ "$rc" = 0 ] && echo ok || echo "FAILED ($rc)") in $((SECONDS - t0)) s" >>"$out"
         flock "$work/queue" cat "$out"
+        [ -z "$done_dir" ] || echo "$rc" >"$done_dir/$mark"
     done
 }
 
