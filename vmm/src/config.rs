@@ -53,6 +53,10 @@ pub struct VmConfig {
     /// on a Unix socket. With any, guest memory is a shared memfd the backends map.
     #[serde(default)]
     pub filesystems: Vec<FsConfig>,
+    /// A virtio-net card whose frames go to a user-mode network stack (passt) over a
+    /// Unix stream socket, in QEMU's `-netdev stream` framing.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
     /// Where the 8250 serial port's output (the kernel log) goes.
     #[serde(default)]
     pub serial: SerialOutput,
@@ -157,6 +161,34 @@ pub struct FsConfig {
     pub tag: String,
 }
 
+/// The virtio-net card.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The network stack's socket (it listens; the VMM connects). Each frame on it is
+    /// preceded by its length, 4 bytes big-endian.
+    pub socket: PathBuf,
+    /// The card's MAC address, `xx:xx:xx:xx:xx:xx`.
+    pub mac: String,
+}
+
+impl NetConfig {
+    /// The MAC address as bytes, if it is well formed and unicast.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        let mut out = [0u8; 6];
+        let mut parts = self.mac.split(':');
+        for b in out.iter_mut() {
+            let p = parts.next()?;
+            if p.len() != 2 {
+                return None;
+            }
+            *b = u8::from_str_radix(p, 16).ok()?;
+        }
+        // A multicast address cannot be a card's own.
+        (parts.next().is_none() && out[0] & 1 == 0).then_some(out)
+    }
+}
+
 /// Where the serial port's output goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
@@ -190,6 +222,9 @@ pub enum ConfigError {
         /// Requested mode.
         mode: EntryMode,
     },
+    /// The network card's MAC address is not a unicast `xx:xx:xx:xx:xx:xx`.
+    #[error("invalid MAC address {0:?} (want a unicast xx:xx:xx:xx:xx:xx)")]
+    Mac(String),
     /// The JSON form did not parse.
     #[error("invalid VM config JSON: {0}")]
     Json(String),
@@ -209,6 +244,7 @@ impl VmConfig {
             console: ConsoleConfig::None,
             console_port: None,
             filesystems: Vec::new(),
+            net: None,
             serial: SerialOutput::None,
             timeout_ms: None,
             virtio_mmio_cmdline: false,
@@ -252,6 +288,11 @@ impl VmConfig {
                 return Err(ConfigError::RawEntry { entry, mode });
             }
         }
+        if let Some(net) = &self.net {
+            if net.mac_bytes().is_none() {
+                return Err(ConfigError::Mac(net.mac.clone()));
+            }
+        }
         Ok(())
     }
 }
@@ -279,6 +320,10 @@ mod tests {
             path: "/tmp/s.log".into(),
         };
         full.timeout_ms = Some(5000);
+        full.net = Some(NetConfig {
+            socket: "/run/passt.sock".into(),
+            mac: "02:56:45:53:00:01".into(),
+        });
         assert_eq!(VmConfig::from_json(&full.to_json()).unwrap(), full);
     }
 
@@ -293,6 +338,21 @@ mod tests {
             Err(ConfigError::Memory(1))
         );
         assert!(VmConfig::from_json(r#"{"kernel": "/k", "cpus": 2}"#).is_err());
+        for mac in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "01:00:00:00:00:00",
+            "2:0:0:0:0:0",
+            "zz:00:00:00:00:00",
+        ] {
+            let json = format!(r#"{{"kernel": "/k", "net": {{"socket": "/s", "mac": "{mac}"}}}}"#);
+            assert_eq!(
+                VmConfig::from_json(&json),
+                Err(ConfigError::Mac(mac.into())),
+                "{mac}"
+            );
+        }
         let raw = r#"{"kernel": "/k", "kernel_format": {"type": "raw", "load_address": 0, "entry": 65536, "mode": "real"}}"#;
         assert!(matches!(
             VmConfig::from_json(raw),

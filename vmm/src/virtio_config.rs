@@ -1,12 +1,13 @@
-//! Builds the virtio devices a [`VmConfig`] asks for: one virtio-blk per disk, then
-//! the virtio-console on its host channel (a Unix socket or inherited fds).
+//! Builds the virtio devices a [`VmConfig`] asks for: one virtio-blk per disk, the
+//! virtio-console on its host channel (a Unix socket or inherited fds), the virtio-fs
+//! devices and the virtio-net card.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use crate::config::{ConsoleConfig, VmConfig};
-use crate::devices::virtio::{Block, Console, ConsoleBackend, Fs, VirtioDevice};
+use crate::devices::virtio::{Block, Console, ConsoleBackend, Fs, Net, VirtioDevice};
 use crate::error::VmmError;
 
 fn console_err(e: impl std::fmt::Display) -> VmmError {
@@ -100,7 +101,8 @@ fn console_backend(
     backend.map(Some).map_err(console_err)
 }
 
-/// The virtio devices `config` asks for, in guest order: disks, then the console.
+/// The virtio devices `config` asks for, in guest order: disks, the console, the
+/// filesystems, then the network card.
 pub fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, VmmError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
@@ -119,6 +121,14 @@ pub fn virtio_devices(config: &VmConfig) -> Result<Vec<Box<dyn VirtioDevice>>, V
     for fs in &config.filesystems {
         let dev = Fs::connect(&fs.socket, &fs.tag)
             .map_err(|e| VmmError::Device(format!("virtio-fs {}", fs.tag), e.to_string()))?;
+        devices.push(Box::new(dev));
+    }
+    if let Some(net) = &config.net {
+        let err = |e: String| VmmError::Device(format!("virtio-net {}", net.socket.display()), e);
+        let mac = net
+            .mac_bytes()
+            .ok_or_else(|| err(format!("invalid MAC address {:?}", net.mac)))?;
+        let dev = Net::connect(&net.socket, mac).map_err(|e| err(format!("connect: {e}")))?;
         devices.push(Box::new(dev));
     }
     Ok(devices)

@@ -11,8 +11,10 @@
 //! Where KVM runs the boot at hardware speed (the bzImage banner within
 //! [`FAST_BANNER`]), or when `VESSEL_BOOT_ROUND_TRIP=1` asks for it, the test goes
 //! on: it boots the bzImage with a busybox initramfs that loads the virtio modules
-//! and answers on `/dev/hvc0`, checks a virtio-console round trip, and expects the
-//! guest's ACPI power-off to end the VM with `PowerOff`.
+//! and answers on `/dev/hvc0`, checks a virtio-console round trip, pings a peer the
+//! test plays on the other end of a virtio-net card (ARP, then ICMP echo, in QEMU's
+//! stream framing), and expects the guest's ACPI power-off to end the VM with
+//! `PowerOff`.
 
 mod common;
 
@@ -24,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vessel_vmm::config::{ConsoleConfig, KernelFormat};
+use vessel_vmm::config::{ConsoleConfig, KernelFormat, NetConfig};
 use vessel_vmm::{ExitReason, Vm};
 
 const KERNEL: &str = "/var/cache/vessel/kernel/vmlinuz";
@@ -37,19 +39,28 @@ const E820_LINE: &[u8] = b"BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff
 const FAST_BANNER: Duration = Duration::from_secs(10);
 const MODULES_DIR: &str = "/var/cache/vessel/kernel/lib/modules";
 /// virtio modules in load order (paths under the version's `kernel/` directory).
-const MODULES: [&str; 4] = [
+const MODULES: [&str; 7] = [
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio.ko",
     "drivers/virtio/virtio_mmio.ko",
     "drivers/char/virtio_console.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
 ];
+/// The guest's network card, and the one host on the other end of its link (played by
+/// [`network_peer`]).
+const GUEST_MAC: [u8; 6] = [0x02, 0x56, 0x45, 0x53, 0x00, 0x07];
+const PEER_MAC: [u8; 6] = [0x02, 0x56, 0x45, 0x53, 0x00, 0xfe];
+const PEER_IP: [u8; 4] = [10, 0, 2, 2];
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mkdir -p /proc /sys /dev
 mount -t proc proc /proc
+mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_mmio virtio_console; do insmod /lib/$m.ko; done
+for m in virtio_ring virtio virtio_mmio virtio_console failover net_failover virtio_net; do insmod /lib/$m.ko; done
 i=0
 while [ ! -e /dev/hvc0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 echo "vessel-init: hvc0 $( [ -e /dev/hvc0 ] && echo ready || echo missing )"
@@ -62,6 +73,10 @@ read -r line <&3
 echo "echo:$line" >&3
 # User space on the serial port needs its transmit interrupt (printk polls instead).
 timeout 10 sh -c 'echo "user-space-serial: $(cat /proc/uptime)" > /dev/ttyS0'
+# The virtio-net card: ARP and ICMP echo with the peer on the other end of the link.
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
+if ping -c 2 -W 5 10.0.2.2 >/dev/null 2>&1; then r=ok; else r=failed; fi
+timeout 10 sh -c "echo 'virtio-net: ping $r, mac $(cat /sys/class/net/eth0/address)' > /dev/ttyS0"
 poweroff -f
 "#;
 
@@ -235,8 +250,84 @@ fn host_unhandled_msr_lines() -> Option<usize> {
     })
 }
 
-/// Boots `kernel` with the test initramfs and checks a virtio-console round trip
-/// and ACPI power-off.
+// The Internet checksum (RFC 1071).
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The answer of a host at PEER_IP/PEER_MAC to one Ethernet frame: an ARP reply to a
+/// request for its address, an echo reply to an ICMP echo request; with what it was.
+fn peer_answer(f: &[u8]) -> Option<(&'static str, Vec<u8>)> {
+    if f.len() < 14 {
+        return None;
+    }
+    let mut out = f.to_vec();
+    out[..6].copy_from_slice(&f[6..12]);
+    out[6..12].copy_from_slice(&PEER_MAC);
+    match u16::from_be_bytes([f[12], f[13]]) {
+        0x0806 if f.len() >= 42 && f[20..22] == [0, 1] && f[38..42] == PEER_IP => {
+            let a = &mut out[14..];
+            a[7] = 2; // reply
+            a[18..28].copy_from_slice(&f[22..32]); // target = the asker
+            a[8..14].copy_from_slice(&PEER_MAC);
+            a[14..18].copy_from_slice(&PEER_IP);
+            Some(("arp", out))
+        }
+        0x0800 if f.len() >= 34 && f[23] == 1 && f[30..34] == PEER_IP => {
+            let ihl = usize::from(f[14] & 0xf) * 4;
+            let icmp = 14 + ihl;
+            if f.len() < icmp + 8 || f[icmp] != 8 {
+                return None;
+            }
+            // Swapping the addresses leaves the IP header's checksum as it was.
+            out[26..30].copy_from_slice(&f[30..34]);
+            out[30..34].copy_from_slice(&f[26..30]);
+            out[icmp] = 0;
+            out[icmp + 2..icmp + 4].fill(0);
+            let sum = checksum(&out[icmp..]);
+            out[icmp + 2..icmp + 4].copy_from_slice(&sum.to_be_bytes());
+            Some(("echo", out))
+        }
+        _ => None,
+    }
+}
+
+/// Plays the one other host on the guest card's link, in QEMU's `-netdev stream`
+/// framing, until the VM closes its end; returns what it answered, with the source MAC
+/// of each question.
+fn network_peer(mut sock: UnixStream) -> std::thread::JoinHandle<Vec<(String, [u8; 6])>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut len = [0u8; 4];
+        while sock.read_exact(&mut len).is_ok() {
+            let mut f = vec![0u8; u32::from_be_bytes(len) as usize];
+            if sock.read_exact(&mut f).is_err() {
+                break;
+            }
+            if let Some((what, reply)) = peer_answer(&f) {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&f[6..12]);
+                seen.push((what.to_string(), mac));
+                let mut msg = (reply.len() as u32).to_be_bytes().to_vec();
+                msg.extend_from_slice(&reply);
+                if sock.write_all(&msg).is_err() {
+                    break;
+                }
+            }
+        }
+        seen
+    })
+}
+
+/// Boots `kernel` with the test initramfs and checks a virtio-console round trip,
+/// ICMP echo over the virtio-net card, and ACPI power-off.
 fn console_round_trip(kernel: &Path, extra_cmdline: &str) {
     let dir = tempfile::tempdir().unwrap();
     let initrd = match build_initramfs(dir.path()) {
@@ -259,9 +350,18 @@ fn console_round_trip(kernel: &Path, extra_cmdline: &str) {
         input: fd,
         output: fd,
     };
+    let net_socket = dir.path().join("net.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&net_socket).unwrap();
+    config.net = Some(NetConfig {
+        socket: net_socket,
+        mac: GUEST_MAC.map(|b| format!("{b:02x}")).join(":"),
+    });
     let serial = SharedBuf::default();
     let unhandled_msr_lines_before = host_unhandled_msr_lines();
     let vm = Vm::with_serial(&config, Box::new(serial.clone())).expect("build VM");
+    let peer_sock = listener.accept().expect("the VMM connects").0;
+    let peer_end = peer_sock.try_clone().unwrap();
+    let peer = network_peer(peer_sock);
     let runner = std::thread::spawn(move || vm.run());
     let deadline = Instant::now() + budget();
     let log = || String::from_utf8_lossy(&serial.contents()).into_owned();
@@ -280,6 +380,24 @@ fn console_round_trip(kernel: &Path, extra_cmdline: &str) {
     );
     let reason = runner.join().expect("VM thread").expect("VM run");
     assert_eq!(reason, ExitReason::PowerOff, "serial:\n{}", log());
+    // The VM is gone: end the peer.
+    let _ = peer_end.shutdown(std::net::Shutdown::Both);
+    let seen = peer.join().expect("network peer");
+    let mac = GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
+    assert!(
+        log().contains(&format!("virtio-net: ping ok, mac {mac}")),
+        "no ping over the virtio-net card (the peer answered {seen:?}):\n{}",
+        log()
+    );
+    assert!(
+        seen.iter().any(|(w, m)| w == "arp" && *m == GUEST_MAC)
+            && seen
+                .iter()
+                .filter(|(w, m)| w == "echo" && *m == GUEST_MAC)
+                .count()
+                >= 2,
+        "the peer saw {seen:?}"
+    );
     assert!(
         log().contains("user-space-serial: "),
         "a user-space write to /dev/ttyS0 did not reach the serial output:\n{}",
@@ -301,7 +419,7 @@ fn console_round_trip(kernel: &Path, extra_cmdline: &str) {
         );
     }
     eprintln!(
-        "{}: console round trip and ACPI power-off OK",
+        "{}: console round trip, ping over virtio-net and ACPI power-off OK",
         kernel.display()
     );
 }

@@ -82,6 +82,8 @@ fn vm_config(spec: &MachineSpec) -> VmConfig {
                 tag: tag.clone(),
             })
             .collect(),
+        // No network yet: the VM's only link is the agent channel (issue #11 adds one).
+        net: None,
         serial: SerialOutput::File {
             path: spec.console_log.clone(),
         },

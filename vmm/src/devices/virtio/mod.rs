@@ -13,6 +13,7 @@ pub mod fs;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
@@ -29,6 +30,7 @@ pub use block::{Block, BlockError};
 pub use console::{Console, ConsoleBackend};
 pub use fs::Fs;
 pub use mmio::{MmioTransport, MMIO_NOTIFY_OFFSET, MMIO_WINDOW_SIZE};
+pub use net::Net;
 
 /// Virtio device type of a block device.
 pub const TYPE_BLOCK: u32 = 2;
