@@ -82,7 +82,7 @@ fn vm_config(spec: &MachineSpec) -> VmConfig {
                 tag: tag.clone(),
             })
             .collect(),
-        // No network yet: the VM's only link is the agent channel (issue #11 adds one).
+        // No network card yet: vessel has no network stack to attach (docs/networking.md).
         net: None,
         serial: SerialOutput::File {
             path: spec.console_log.clone(),
