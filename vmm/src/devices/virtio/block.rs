@@ -17,8 +17,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::{
-    read_config_bytes, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    notify_used, read_config_bytes, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Bytes per sector, as virtio-blk counts them.
@@ -190,16 +190,8 @@ impl Block {
                 .map_err(|source| DeviceError::Queue { index: 0, source })?;
             used_any = true;
         }
-        if used_any
-            && active
-                .queue
-                .needs_notification(mem)
-                .map_err(|source| DeviceError::Queue { index: 0, source })?
-        {
-            active
-                .interrupt
-                .signal_used_queue()
-                .map_err(DeviceError::Interrupt)?;
+        if used_any {
+            notify_used(&mut active.queue, 0, mem, &active.interrupt)?;
         }
         Ok(())
     }

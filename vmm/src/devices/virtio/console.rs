@@ -28,8 +28,8 @@ use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::console_control::{PortControl, CONTROL_LEN, VIRTIO_CONSOLE_F_MULTIPORT};
 use super::{
-    read_config_bytes, BackendStatus, DeviceError, VirtioDevice, VirtioInterrupt, TYPE_CONSOLE,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    notify_used, queue_err, read_config_bytes, BackendStatus, DeviceError, VirtioDevice,
+    VirtioInterrupt, TYPE_CONSOLE, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Size of each of the two queues.
@@ -215,10 +215,6 @@ fn flush_output(backend: &ConsoleBackend, failed: &mut bool, pending: &mut VecDe
             }
         }
     }
-}
-
-fn queue_err(index: usize) -> impl FnOnce(virtio_queue::Error) -> DeviceError {
-    move |source| DeviceError::Queue { index, source }
 }
 
 impl Console {
@@ -460,20 +456,15 @@ impl Console {
     }
 
     fn notify_guest(&mut self, queue_index: usize) -> Result<(), DeviceError> {
-        let Some(active) = self.active.as_mut() else {
-            return Ok(());
-        };
-        let queue = &mut active.queues[queue_index];
-        if queue
-            .needs_notification(&active.mem)
-            .map_err(queue_err(queue_index))?
-        {
-            active
-                .interrupt
-                .signal_used_queue()
-                .map_err(DeviceError::Interrupt)?;
+        match self.active.as_mut() {
+            Some(a) => notify_used(
+                &mut a.queues[queue_index],
+                queue_index,
+                &a.mem,
+                &a.interrupt,
+            ),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     // Delivers pending input and refills from the backend until either the driver

@@ -22,7 +22,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -183,6 +183,26 @@ pub trait VirtioDevice: Send {
     fn process_backend(&mut self) -> Result<BackendStatus, DeviceError> {
         Ok(BackendStatus::Open)
     }
+}
+
+/// Maps a virtio-queue error on queue `index` to the device error that resets the device.
+pub(crate) fn queue_err(index: usize) -> impl FnOnce(virtio_queue::Error) -> DeviceError {
+    move |source| DeviceError::Queue { index, source }
+}
+
+/// Raises the used-ring interrupt for queue `index` unless the driver has suppressed it.
+pub(crate) fn notify_used(
+    queue: &mut Queue,
+    index: usize,
+    mem: &GuestMemoryMmap,
+    interrupt: &VirtioInterrupt,
+) -> Result<(), DeviceError> {
+    if queue.needs_notification(mem).map_err(queue_err(index))? {
+        interrupt
+            .signal_used_queue()
+            .map_err(DeviceError::Interrupt)?;
+    }
+    Ok(())
 }
 
 /// Copies the bytes of a device's config space that fall in `[offset, offset + len)`

@@ -26,8 +26,8 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::{
-    read_config_bytes, BackendStatus, DeviceError, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
+    notify_used, queue_err, read_config_bytes, BackendStatus, DeviceError, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// Virtio device type of a network card.
@@ -129,10 +129,6 @@ fn scatter(
         offset = 0;
     }
     data.is_empty()
-}
-
-fn queue_err(index: usize) -> impl FnOnce(virtio_queue::Error) -> DeviceError {
-    move |source| DeviceError::Queue { index, source }
 }
 
 struct Active {
@@ -431,20 +427,15 @@ impl Net {
     }
 
     fn notify_guest(&mut self, queue_index: usize) -> Result<(), DeviceError> {
-        let Some(active) = self.active.as_mut() else {
-            return Ok(());
-        };
-        let queue = &mut active.queues[queue_index];
-        if queue
-            .needs_notification(&active.mem)
-            .map_err(queue_err(queue_index))?
-        {
-            active
-                .interrupt
-                .signal_used_queue()
-                .map_err(DeviceError::Interrupt)?;
+        match self.active.as_mut() {
+            Some(a) => notify_used(
+                &mut a.queues[queue_index],
+                queue_index,
+                &a.mem,
+                &a.interrupt,
+            ),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
