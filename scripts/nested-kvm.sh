@@ -131,6 +131,11 @@ khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 cmdline="console=ttyS0 panic=-1 rdinit=/init loglevel=4 edd=off cryptomgr.notests"
 cmdline+=" 8250.nr_uarts=1 random.trust_cpu=on reboot=t nested_kvm_run=$run"
 [ -n "$khz" ] && cmdline+=" tsc_early_khz=$khz"
+# TCG gives every vCPU the host's own invariant TSC, so it is reliable; without this L1's
+# clocksource watchdog, itself slowed by emulation, marks it unstable, and L1's KVM then
+# gives its guests a kvm-clock without the stable bit ("SMP vm created on host with
+# unstable TSC").
+cmdline+=" tsc=reliable"
 qemu-system-x86_64 \
     -M microvm,x-option-roms=off,memory-backend=mem -accel tcg,thread=multi \
     -cpu EPYC,+svm,+npt -smp "$cpus" -m "$memory" \
