@@ -190,12 +190,7 @@ fn build_installs_vessels_own_kernel_with_its_record() {
     }
     let root = TestRoot::new();
     // scripts/test.sh builds it first; here it comes from the cache (or is built).
-    let out = root
-        .cmd()
-        .args(["kernel", "build"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = root.run(&["kernel", "build"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -247,12 +242,7 @@ fn build_installs_vessels_own_kernel_with_its_record() {
         );
     }
     // A second build is a cache hit, and says so.
-    let out = root
-        .cmd()
-        .args(["kernel", "build", "--no-install", "--json"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = root.run(&["kernel", "build", "--no-install", "--json"]);
     let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["fresh"], false);
 }

@@ -72,22 +72,18 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
         w.char_dev("dev/console", 0o600, 5, 1)?;
         w.file("init", 0o755, &agent_bin)?;
         // A kernel without modules (vessel's own) gets the agent alone: no lists to read.
-        if kernel.modules.is_none() {
-            let mut out = w.finish()?;
-            out.flush()?;
-            out.get_ref().sync_all()?;
-            return Ok(());
-        }
-        w.dir("modules", 0o755)?;
-        for (list, set) in [("order", &mods), ("volumes.order", &vol_mods)] {
-            let mut order = String::new();
-            for m in set {
-                let name = format!("{}.ko", m.name);
-                w.file(&format!("modules/{name}"), 0o644, &m.data)?;
-                order.push_str(&name);
-                order.push('\n');
+        if kernel.modules.is_some() {
+            w.dir("modules", 0o755)?;
+            for (list, set) in [("order", &mods), ("volumes.order", &vol_mods)] {
+                let mut order = String::new();
+                for m in set {
+                    let name = format!("{}.ko", m.name);
+                    w.file(&format!("modules/{name}"), 0o644, &m.data)?;
+                    order.push_str(&name);
+                    order.push('\n');
+                }
+                w.file(&format!("modules/{list}"), 0o644, order.as_bytes())?;
             }
-            w.file(&format!("modules/{list}"), 0o644, order.as_bytes())?;
         }
         let mut out = w.finish()?;
         out.flush()?;

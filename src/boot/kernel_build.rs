@@ -272,7 +272,7 @@ pub fn key(recipe: &Recipe, source_version: &str, compiler: &str) -> String {
     hex::encode(h.finalize())[..16].to_string()
 }
 
-/// The symbols the fragment sets, and to what.
+/// The symbols a fragment (or a resolved `.config`) sets, and to what.
 pub fn fragment_symbols(fragment: &str) -> Vec<(String, String)> {
     fragment
         .lines()
@@ -285,11 +285,8 @@ pub fn fragment_symbols(fragment: &str) -> Vec<(String, String)> {
 
 /// The fragment's lines a resolved `.config` did not keep (a dependency missing, a typo).
 pub fn not_taken(fragment: &str, config: &str) -> Vec<String> {
-    let set: std::collections::HashMap<&str, &str> = config
-        .lines()
-        .filter(|l| l.starts_with("CONFIG_"))
-        .filter_map(|l| l.split_once('='))
-        .collect();
+    let set: std::collections::HashMap<String, String> =
+        fragment_symbols(config).into_iter().collect();
     fragment_symbols(fragment)
         .into_iter()
         .filter(|(k, v)| {
@@ -315,15 +312,18 @@ pub fn build(recipe: &Recipe, progress: &dyn Progress) -> Result<Built, BootErro
     let key = key(recipe, &version, &compiler);
     let cache = cache_root();
     let dir = cache.join(&key);
-    let read_origin = |dir: &Path| -> Option<Origin> {
-        serde_json::from_slice(&std::fs::read(dir.join("origin.json")).ok()?).ok()
-    };
-    if let Some(o) = read_origin(&dir) {
-        return Ok(Built {
-            dir,
+    // A build is there once its record is: the directory is renamed into place whole.
+    let cached = || -> Option<Built> {
+        let o: Origin =
+            serde_json::from_slice(&std::fs::read(dir.join("origin.json")).ok()?).ok()?;
+        Some(Built {
+            dir: dir.clone(),
             fresh: false,
             build_seconds: o.build_seconds,
-        });
+        })
+    };
+    if let Some(built) = cached() {
+        return Ok(built);
     }
     std::fs::create_dir_all(&cache).map_err(io(format!("creating {}", cache.display())))?;
     // One build per key at a time: a second caller waits, then finds it done.
@@ -336,12 +336,8 @@ pub fn build(recipe: &Recipe, progress: &dyn Progress) -> Result<Built, BootErro
             std::io::Error::last_os_error(),
         ));
     }
-    if let Some(o) = read_origin(&dir) {
-        return Ok(Built {
-            dir,
-            fresh: false,
-            build_seconds: o.build_seconds,
-        });
+    if let Some(built) = cached() {
+        return Ok(built);
     }
     let start = Instant::now();
     // Always the same path for the same key: the build path must not leak into the bytes.

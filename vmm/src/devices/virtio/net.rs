@@ -283,7 +283,6 @@ impl Net {
         let mem = &active.mem;
         let queue = &mut active.queues[TX_QUEUE];
         let mut used_any = false;
-        let mut frame = Vec::with_capacity(MAX_FRAME);
         let mut chunk = [0u8; TX_CHUNK];
         loop {
             if self.tx_pending.len() >= MAX_TX_PENDING {
@@ -297,9 +296,12 @@ impl Net {
                 return Ok((used_any, false));
             };
             let head = chain.head_index();
-            // The header, then the frame, possibly across descriptors; past the largest
-            // frame the chain is dropped without reading further.
-            frame.clear();
+            // The header, then the frame, possibly across descriptors, copied straight
+            // behind a length prefix filled in at the end; past the largest frame the
+            // chain is dropped without reading further.
+            let start = self.tx_pending.len();
+            self.tx_pending.extend([0u8; PREFIX]);
+            let mut frame_len = 0usize;
             let mut skip = NET_HDR_LEN;
             let mut ok = true;
             'descs: for desc in chain.readable() {
@@ -317,22 +319,28 @@ impl Net {
                     }
                     let header = skip.min(n);
                     skip -= header;
-                    if frame.len() + (n - header) > MAX_FRAME {
+                    if frame_len + (n - header) > MAX_FRAME {
                         ok = false;
                         break 'descs;
                     }
-                    frame.extend_from_slice(&chunk[header..n]);
+                    self.tx_pending.extend(&chunk[header..n]);
+                    frame_len += n - header;
                     done += n;
                 }
             }
-            queue.add_used(mem, head, 0).map_err(queue_err(TX_QUEUE))?;
+            if let Err(e) = queue.add_used(mem, head, 0) {
+                self.tx_pending.truncate(start);
+                return Err(queue_err(TX_QUEUE)(e));
+            }
             used_any = true;
-            if !ok || skip > 0 || frame.len() < MIN_FRAME || self.stream.is_none() {
+            if !ok || skip > 0 || frame_len < MIN_FRAME || self.stream.is_none() {
+                self.tx_pending.truncate(start);
                 self.counters.tx_dropped += 1;
                 continue;
             }
-            self.tx_pending.extend((frame.len() as u32).to_be_bytes());
-            self.tx_pending.extend(&frame);
+            for (i, b) in (frame_len as u32).to_be_bytes().into_iter().enumerate() {
+                self.tx_pending[start + i] = b;
+            }
             self.counters.tx_frames += 1;
         }
     }
