@@ -228,6 +228,15 @@ mod tests {
                     read_only: true,
                     file: Some("f.txt".into()),
                 }],
+                network: Some(crate::message::NetworkSpec {
+                    address: std::net::Ipv4Addr::new(10, 0, 2, 100),
+                    prefix_len: 24,
+                    gateway: std::net::Ipv4Addr::new(10, 0, 2, 2),
+                }),
+                files: vec![crate::message::FileSpec {
+                    path: "/etc/hosts".into(),
+                    contents: "127.0.0.1\tlocalhost\n".into(),
+                }],
             }),
             confinement: Some(crate::message::Confinement {
                 capabilities: vec![0, 5, 21],

@@ -13,5 +13,6 @@ pub mod message;
 
 pub use frame::{FrameError, FrameReader, FrameWriter, MAX_PAYLOAD};
 pub use message::{
-    Confinement, ExitStatus, Message, ProcessSpec, RootfsSpec, SpawnErrorKind, StreamId, VolumeSpec,
+    Confinement, ExitStatus, FileSpec, Message, NetworkSpec, ProcessSpec, RootfsSpec,
+    SpawnErrorKind, StreamId, VolumeSpec,
 };

@@ -71,6 +71,34 @@ pub struct RootfsSpec {
     /// Host directories shared over virtio-fs (`-v`), in mount order.
     #[serde(default)]
     pub volumes: Vec<VolumeSpec>,
+    /// The network card's address (the default network); `None`: loopback only.
+    #[serde(default)]
+    pub network: Option<NetworkSpec>,
+    /// Files bound over the image's own (`/etc/hosts`, `/etc/resolv.conf`, ...), as docker
+    /// binds them: writable, and gone with the container.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+}
+
+/// The static address of the VM's network card; the host's network helper answers at the
+/// gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// The guest's IPv4 address.
+    pub address: std::net::Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The default route's gateway.
+    pub gateway: std::net::Ipv4Addr,
+}
+
+/// A file the container sees at `path` with `contents`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSpec {
+    /// Absolute path in the container.
+    pub path: String,
+    /// What it holds.
+    pub contents: String,
 }
 
 /// One `-v HOST:CTR[:ro]` in a VM: a virtio-fs device (its tag) that shares a host

@@ -34,6 +34,7 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
     }
     modules::NEEDED.hash(&mut h);
     modules::VOLUMES.hash(&mut h);
+    modules::NETWORK.hash(&mut h);
     let dir = super::cache_dir(root);
     let path = dir.join(format!("initramfs-{:016x}.cpio", h.finish()));
     if path.is_file() {
@@ -41,23 +42,27 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
     }
     std::fs::create_dir_all(&dir)
         .map_err(|e| BootError::io(format!("creating {}", dir.display()), e))?;
-    // Every VM loads `mods`; one with volumes also loads `vol_mods`, what virtio-fs needs
-    // beyond them.
-    let (mods, vol_mods) = match &kernel.modules {
+    // Every VM loads `order`; one with volumes also loads `volumes.order`, one with a
+    // network card `network.order`: what each needs beyond `order`.
+    let lists: Vec<(&str, Vec<modules::Module>)> = match &kernel.modules {
         Some(m) => {
             let boot = modules::resolve(m, modules::NEEDED)?;
-            let all: Vec<&str> = modules::NEEDED
-                .iter()
-                .chain(modules::VOLUMES)
-                .copied()
-                .collect();
-            let extra = modules::resolve(m, &all)?
-                .into_iter()
-                .filter(|x| !boot.iter().any(|b| b.name == x.name))
-                .collect();
-            (boot, extra)
+            let mut lists = Vec::new();
+            for (list, wanted) in [
+                ("volumes.order", modules::VOLUMES),
+                ("network.order", modules::NETWORK),
+            ] {
+                let all: Vec<&str> = modules::NEEDED.iter().chain(wanted).copied().collect();
+                let extra = modules::resolve(m, &all)?
+                    .into_iter()
+                    .filter(|x| !boot.iter().any(|b| b.name == x.name))
+                    .collect();
+                lists.push((list, extra));
+            }
+            lists.insert(0, ("order", boot));
+            lists
         }
-        None => (Vec::new(), Vec::new()),
+        None => Vec::new(),
     };
     let agent_bin = std::fs::read(&agent)
         .map_err(|e| BootError::io(format!("reading {}", agent.display()), e))?;
@@ -74,11 +79,14 @@ pub fn prepare(root: &Path, kernel: &Kernel) -> Result<Initramfs, BootError> {
         // A kernel without modules (vessel's own) gets the agent alone: no lists to read.
         if kernel.modules.is_some() {
             w.dir("modules", 0o755)?;
-            for (list, set) in [("order", &mods), ("volumes.order", &vol_mods)] {
+            let mut packed = std::collections::HashSet::new();
+            for (list, set) in &lists {
                 let mut order = String::new();
                 for m in set {
                     let name = format!("{}.ko", m.name);
-                    w.file(&format!("modules/{name}"), 0o644, &m.data)?;
+                    if packed.insert(name.clone()) {
+                        w.file(&format!("modules/{name}"), 0o644, &m.data)?;
+                    }
                     order.push_str(&name);
                     order.push('\n');
                 }

@@ -26,6 +26,9 @@ pub const NEEDED: &[&str] = &[
 /// needs beyond [`NEEDED`].
 pub const VOLUMES: &[&str] = &["virtiofs"];
 
+/// Loaded by the agent only for a VM with a network card (the default network).
+pub const NETWORK: &[&str] = &["virtio_net"];
+
 /// One module ready to pack: its name and its uncompressed ELF.
 pub struct Module {
     /// Module name (underscores).

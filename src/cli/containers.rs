@@ -17,7 +17,9 @@ use crate::container::lifecycle::{self, ExecRequest, RunRequest};
 use crate::container::process::{self, Overrides};
 use crate::container::record::{Records, State};
 use crate::container::{layout, logs, recovery, volumes};
-use crate::isolation::{BindMount, Exit, IsolationKind, NetworkMode, Resources, VmOptions};
+use crate::isolation::{
+    network, BindMount, Exit, IsolationKind, NetworkMode, Resources, VmOptions,
+};
 
 pub use super::ps::{ps, PsArgs};
 
@@ -87,9 +89,16 @@ pub struct RunArgs {
     /// Mount the root filesystem read-only.
     #[arg(long = "read-only")]
     pub read_only: bool,
-    /// Network: none (loopback only) or host.
-    #[arg(long, value_enum, default_value = "none")]
+    /// Network: default (alias bridge: an address of its own, outbound TCP/UDP, DNS,
+    /// published ports), none (loopback only) or host (container isolation only).
+    #[arg(long, value_enum, default_value = "default")]
     pub network: NetworkMode,
+    /// Publish a container port: [IP:][HOSTPORT:]CTRPORT[/tcp|/udp], ranges allowed.
+    #[arg(short = 'p', long = "publish", value_name = "[IP:][HP:]CP[/PROTO]")]
+    pub publish: Vec<String>,
+    /// Publish every port the image exposes on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
     /// Container hostname.
     #[arg(long)]
     pub hostname: Option<String>,
@@ -350,6 +359,13 @@ fn run_inner(root: &Path, args: RunArgs) -> Result<ExitCode> {
         tmpfs: args.tmpfs.iter().map(PathBuf::from).collect(),
         read_only: args.read_only,
         network: args.network,
+        ports: args
+            .publish
+            .iter()
+            .map(|p| network::ports::parse(p))
+            .collect::<Result<Vec<_>, _>>()?
+            .concat(),
+        publish_all: args.publish_all,
         resources: Resources {
             memory: args.memory,
             cpus: args.cpus,

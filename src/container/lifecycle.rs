@@ -21,6 +21,7 @@ use super::process::{self, ImageDefaults, Overrides};
 use super::record::{Record, Records, State};
 use super::supervise::{self, Attach};
 use super::{layout, names, now, recovery};
+use crate::isolation::network::{self, PortMapping};
 use crate::isolation::options;
 use crate::isolation::{
     self, BindMount, Exit, IsolationKind, LaunchSpec, NetworkMode, ProcessSpec, Resources, Target,
@@ -53,6 +54,10 @@ pub struct RunRequest {
     pub read_only: bool,
     /// `--network`.
     pub network: NetworkMode,
+    /// `-p`, parsed (host port 0: chosen at start).
+    pub ports: Vec<PortMapping>,
+    /// `-P`: also publish the image's exposed ports.
+    pub publish_all: bool,
     /// `--memory`, `--cpus`, `--pids-limit`.
     pub resources: Resources,
     /// `--cap-add`.
@@ -108,6 +113,9 @@ fn asked(req: &RunRequest) -> options::Asked {
     .with(!req.binds.is_empty(), Volume)
     .with(!req.tmpfs.is_empty(), Tmpfs)
     .with(req.read_only, ReadOnly)
+    .with(req.network == NetworkMode::Default, NetworkDefault)
+    .with(!req.ports.is_empty(), Publish)
+    .with(req.publish_all, PublishAll)
     .with(req.network == NetworkMode::None, NetworkNone)
     .with(req.network == NetworkMode::Host, NetworkHost)
     .with(ov.hostname.is_some(), Hostname)
@@ -126,7 +134,38 @@ pub fn prepare(
 ) -> Result<Prepared> {
     let backend = isolation::backend(req.isolation);
     options::check(req.isolation, backend.as_ref(), &asked(req))?;
+    if (!req.ports.is_empty() || req.publish_all) && req.network != NetworkMode::Default {
+        bail!(
+            "{} needs the default network: a container on --network {} has no ports to publish",
+            if req.ports.is_empty() { "-P" } else { "-p" },
+            match req.network {
+                NetworkMode::None => "none",
+                _ => "host (it binds the host's ports itself)",
+            }
+        );
+    }
     let img = image::resolve(store, &req.image, req.pull)?;
+    let mut ports = req.ports.clone();
+    if req.publish_all {
+        let exposed = img
+            .config
+            .config()
+            .as_ref()
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default();
+        for key in exposed {
+            let m = network::ports::exposed(&key)
+                .with_context(|| format!("the image exposes {key:?}, which is not a port"))?;
+            if !ports
+                .iter()
+                .any(|p| p.container_port == m.container_port && p.protocol == m.protocol)
+            {
+                ports.push(m);
+            }
+        }
+    }
+    // Before anything exists: a port another process holds fails the run here.
+    network::ports::reserve(&mut ports)?;
     let id = names::new_id().context("generating a container ID")?;
     let name = match &req.name {
         Some(n) if !names::valid_name(n) => {
@@ -155,6 +194,7 @@ pub fn prepare(
         tmpfs: req.tmpfs.clone(),
         read_only: req.read_only,
         network: req.network,
+        ports,
         resources: req.resources.clone(),
         cap_add: req.cap_add.clone(),
         cap_drop: req.cap_drop.clone(),

@@ -25,6 +25,7 @@ mod console;
 mod executor;
 mod network;
 mod overlay;
+mod pasta;
 mod spec;
 
 /// The host-shared-kernel backend.
@@ -87,6 +88,16 @@ impl ContainerBackend {
         let bundle = spec.dir.join("bundle");
         std::fs::create_dir_all(&bundle)
             .map_err(|e| IsolationError::io(format!("creating {}", bundle.display()), e))?;
+        let etc = spec.dir.join("etc");
+        std::fs::create_dir_all(&etc)
+            .map_err(|e| IsolationError::io(format!("creating {}", etc.display()), e))?;
+        for (name, contents) in crate::isolation::network::etc_files(
+            &spec.process.hostname,
+            spec.network,
+        ) {
+            std::fs::write(etc.join(name), contents)
+                .map_err(|e| IsolationError::io(format!("writing /etc/{name}"), e))?;
+        }
         let config = spec::build(spec, &rootfs)?;
         std::fs::write(
             bundle.join("config.json"),
@@ -110,8 +121,10 @@ impl ContainerBackend {
             .pid()
             .ok_or_else(|| IsolationError::runtime("creating the container", "no init pid"))?;
         let pty = console.as_ref().map(|c| c.receive()).transpose()?;
-        if spec.network == NetworkMode::None {
-            network::loopback_up(pid.as_raw())?;
+        match spec.network {
+            NetworkMode::None => network::loopback_up(pid.as_raw())?,
+            NetworkMode::Default => pasta::start(&spec.dir, pid.as_raw(), &spec.ports)?,
+            NetworkMode::Host => {}
         }
         let process = ContainerProcess::new(pid.as_raw(), Some(spec.id.clone()), pty);
         if let Some((rows, cols)) = size {
@@ -158,7 +171,7 @@ impl Backend for ContainerBackend {
             ),
             Cpus | Memory | PidsLimit | Interactive | Tty | Env | Workdir | User | Entrypoint
             | Volume | Tmpfs | ReadOnly | NetworkNone | NetworkHost | Hostname | CapAdd
-            | CapDrop => Support::Yes,
+            | CapDrop | NetworkDefault | Publish | PublishAll => Support::Yes,
         }
     }
 
@@ -277,6 +290,7 @@ impl Backend for ContainerBackend {
                 Err(e) => eprintln!("vessel: warning: loading runtime state: {e}"),
             }
         }
+        pasta::cleanup(&target.dir);
         cgroup::remove(&target.id);
         console::sweep_stale();
         overlay::unmount(&rootfs_dir(&target.dir))?;

@@ -31,6 +31,10 @@ pub struct ProcessSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
+    /// An address of its own behind a user-mode stack on the host (passt for a VM, pasta
+    /// for a container): outbound TCP and UDP, DNS, published ports (docker's `bridge`).
+    #[value(alias = "bridge")]
+    Default,
     /// A network namespace of its own with only the loopback interface.
     None,
     /// The host's network namespace.
@@ -100,6 +104,9 @@ pub struct LaunchSpec {
     pub read_only: bool,
     /// `--network`.
     pub network: NetworkMode,
+    /// `-p`/`-P`: published ports, with their host ports chosen.
+    #[serde(default)]
+    pub ports: Vec<super::network::PortMapping>,
     /// cgroup limits.
     pub resources: Resources,
     /// `--cap-add`, upper-case without the `CAP_` prefix.

@@ -14,6 +14,7 @@ pub mod confinement;
 pub mod container;
 pub mod host_process;
 mod launch;
+pub mod network;
 pub mod options;
 pub mod seccomp;
 pub mod vm;

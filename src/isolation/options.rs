@@ -41,6 +41,12 @@ pub enum RunOption {
     Tmpfs,
     /// `--read-only`.
     ReadOnly,
+    /// `--network default` (also what no `--network` means).
+    NetworkDefault,
+    /// `-p`.
+    Publish,
+    /// `-P`.
+    PublishAll,
     /// `--network none`.
     NetworkNone,
     /// `--network host`.
@@ -76,7 +82,9 @@ pub fn of_flag(id: &str) -> Option<Option<&'static [RunOption]>> {
         "volume" => Some(&[Volume]),
         "tmpfs" => Some(&[Tmpfs]),
         "read_only" => Some(&[ReadOnly]),
-        "network" => Some(&[NetworkNone, NetworkHost]),
+        "network" => Some(&[NetworkDefault, NetworkNone, NetworkHost]),
+        "publish" => Some(&[Publish]),
+        "publish_all" => Some(&[PublishAll]),
         "hostname" => Some(&[Hostname]),
         "cap_add" => Some(&[CapAdd]),
         "cap_drop" => Some(&[CapDrop]),
@@ -103,6 +111,9 @@ impl RunOption {
         RunOption::Volume,
         RunOption::Tmpfs,
         RunOption::ReadOnly,
+        RunOption::NetworkDefault,
+        RunOption::Publish,
+        RunOption::PublishAll,
         RunOption::NetworkNone,
         RunOption::NetworkHost,
         RunOption::Hostname,
@@ -128,6 +139,9 @@ impl RunOption {
             RunOption::Volume => "--volume",
             RunOption::Tmpfs => "--tmpfs",
             RunOption::ReadOnly => "--read-only",
+            RunOption::NetworkDefault => "--network default",
+            RunOption::Publish => "--publish",
+            RunOption::PublishAll => "--publish-all",
             RunOption::NetworkNone => "--network none",
             RunOption::NetworkHost => "--network host",
             RunOption::Hostname => "--hostname",

@@ -14,6 +14,7 @@ mod machine;
 mod machine_spec;
 mod mux;
 mod process;
+mod passt;
 mod qemu;
 mod socket_path;
 mod stream;
@@ -25,12 +26,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vessel_agent::{Confinement, FrameWriter, Message, RootfsSpec, VolumeSpec};
+use vessel_agent::{
+    Confinement, FileSpec, FrameWriter, Message, NetworkSpec, RootfsSpec, VolumeSpec,
+};
 
 use super::cgroup;
 use super::options::{RunOption, Support};
 use super::{
-    confinement, seccomp, Backend, BindMount, IsolationError, LaunchSpec, Process, Stdio, Target,
+    confinement, network, seccomp, Backend, BindMount, IsolationError, LaunchSpec, NetworkMode,
+    Process, Stdio, Target,
 };
 use crate::boot;
 use crate::isolation::ProcessSpec;
@@ -40,6 +44,8 @@ use machine_spec::MachineSpec;
 use mux::Mux;
 use process::{ExecProcess, Timings, VmProcess};
 use stream::StreamEnd;
+
+pub(crate) use machine::log_tail;
 
 /// Default guest memory when `--memory` is not given.
 const DEFAULT_MEMORY_MIB: u32 = 256;
@@ -279,6 +285,14 @@ fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
+/// The network card's MAC address: locally administered, unicast, from the container ID.
+fn mac_of(id: &str) -> String {
+    let hex: Vec<&str> = (0..5)
+        .map(|i| id.get(2 * i..2 * i + 2).unwrap_or("00"))
+        .collect();
+    format!("02:{}", hex.join(":"))
+}
+
 /// The guest kernel command line for a VMM.
 pub fn kernel_cmdline(vmm: Vmm, debug: bool) -> String {
     let mut c = vec![
@@ -457,7 +471,7 @@ impl Backend for VmBackend {
             ),
             Vmm | Kernel | Debug | Cpus | Memory | PidsLimit | Interactive | Tty | Env
             | Workdir | User | Entrypoint | Volume | Tmpfs | ReadOnly | NetworkNone | Hostname
-            | CapAdd | CapDrop => Support::Yes,
+            | CapAdd | CapDrop | NetworkDefault | Publish | PublishAll => Support::Yes,
         }
     }
 
@@ -482,6 +496,18 @@ impl Backend for VmBackend {
                 .collect(),
             pids_limit: spec.resources.pids,
             volumes: volume_specs(&spec.binds)?,
+            network: (spec.network == NetworkMode::Default).then_some(NetworkSpec {
+                address: network::ADDRESS,
+                prefix_len: network::PREFIX_LEN,
+                gateway: network::GATEWAY,
+            }),
+            files: network::etc_files(&spec.process.hostname, spec.network)
+                .into_iter()
+                .map(|(name, contents)| FileSpec {
+                    path: format!("/etc/{name}"),
+                    contents,
+                })
+                .collect(),
         };
         let start = Message::Start {
             stream: 0,
@@ -533,9 +559,29 @@ impl Backend for VmBackend {
             )
             .map_err(|e| IsolationError::runtime("creating the VM's cgroup", e))?,
         };
-        let daemons = virtiofs::start(&shares, &spec.dir, &confine.cgroup_procs)
+        let mut daemons = virtiofs::start(&shares, &spec.dir, &confine.cgroup_procs)
             .map_err(|e| IsolationError::runtime("sharing the volumes", e))?;
+        let passt = if spec.network == NetworkMode::Default {
+            match passt::start(
+                &spec.dir,
+                &spec.id,
+                &spec.ports,
+                confine.uid,
+                &confine.cgroup_procs,
+            ) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    virtiofs::stop(&mut daemons);
+                    return Err(IsolationError::runtime("starting the network (passt)", e));
+                }
+            }
+        } else {
+            None
+        };
         let mspec = MachineSpec {
+            net: passt
+                .as_ref()
+                .map(|p| (p.socket.clone(), mac_of(&spec.id))),
             shares: daemons
                 .iter()
                 .map(|d| (d.tag.clone(), d.socket.path.clone()))
@@ -562,6 +608,7 @@ impl Backend for VmBackend {
             &spec.dir,
             boot_timeout(),
             daemons,
+            passt,
             &confine,
         )
         .map_err(|m| IsolationError::Runtime {
@@ -696,6 +743,7 @@ impl Backend for VmBackend {
             }
         }
         virtiofs::cleanup(&target.dir);
+        passt::cleanup(&target.dir, &target.id);
         cgroup::remove(&target.id);
         let jail = target.dir.join("jail");
         if jail.exists() {

@@ -34,6 +34,12 @@ pub fn build(spec: &LaunchSpec, rootfs: &std::path::Path) -> Result<Value, Isola
         mounts.push(json!({"destination": t, "type": "tmpfs", "source": "tmpfs",
                            "options": ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"]}));
     }
+    // Before -v: a volume at /etc/hosts wins, as in docker.
+    for (name, _) in crate::isolation::network::etc_files(&p.hostname, spec.network) {
+        mounts.push(json!({"destination": format!("/etc/{name}"), "type": "bind",
+                           "source": spec.dir.join("etc").join(name),
+                           "options": ["rbind", "rprivate"]}));
+    }
     for b in &spec.binds {
         let mut options = vec!["rbind", "rprivate"];
         if b.read_only {
@@ -49,7 +55,7 @@ pub fn build(spec: &LaunchSpec, rootfs: &std::path::Path) -> Result<Value, Isola
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];
-    if spec.network == NetworkMode::None {
+    if spec.network != NetworkMode::Host {
         namespaces.push(json!({"type": "network"}));
     }
 

@@ -5,7 +5,9 @@ use std::process::Command;
 use vessel_agent::channel::AGENT_PORT;
 use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
-use vessel_vmm::config::{ConsoleConfig, DiskConfig, FsConfig, SerialOutput, VmConfig};
+use vessel_vmm::config::{
+    ConsoleConfig, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig,
+};
 
 use super::machine_spec::MachineSpec;
 
@@ -82,8 +84,10 @@ fn vm_config(spec: &MachineSpec) -> VmConfig {
                 tag: tag.clone(),
             })
             .collect(),
-        // No network card yet: vessel has no network stack to attach (docs/networking.md).
-        net: None,
+        net: spec.net.as_ref().map(|(socket, mac)| NetConfig {
+            socket: socket.clone(),
+            mac: mac.clone(),
+        }),
         serial: SerialOutput::File {
             path: spec.console_log.clone(),
         },
@@ -109,6 +113,7 @@ mod tests {
             channel: "/c.sock".into(),
             console_log: "/log".into(),
             shares: Vec::new(),
+            net: Some(("/n.sock".into(), "02:00:00:00:00:01".into())),
         };
         let c = vm_config(&spec);
         let json = serde_json::to_string(&c).unwrap();
@@ -117,5 +122,6 @@ mod tests {
         assert!(back.disks[0].read_only);
         assert_eq!(back.disks[1].id.as_deref(), Some(CONTAINER_SERIAL));
         assert!(!back.disks[1].read_only);
+        assert_eq!(back.net.unwrap().mac_bytes(), Some([2, 0, 0, 0, 0, 1]));
     }
 }

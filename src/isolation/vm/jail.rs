@@ -134,6 +134,9 @@ pub enum Mode {
     /// no filesystem jail, uid, capability drop or rlimits (`root`, `binds`, `kvm` and
     /// `uid` are ignored).
     Helper,
+    /// A helper that must reach the host's network (passt): as [`Mode::Helper`], but in
+    /// the host's network namespace. It drops to the VM's uid and sandboxes itself.
+    NetHelper,
     /// Nothing but the cgroup, a session of its own and the parent-death signal: the
     /// baseline `VESSEL_VMM_UNCONFINED=1` measures the jail's cost against (benchmarks
     /// only; never what vessel does by itself).
@@ -480,6 +483,9 @@ pub fn spawn(
                 | libc::CLONE_NEWIPC
                 | libc::CLONE_NEWUTS
                 | libc::CLONE_NEWNET
+        }
+        Mode::NetHelper => {
+            libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS
         }
     };
     // SAFETY: a fork-like clone (no CLONE_VM, no new stack): the child gets a copy of this

@@ -27,6 +27,8 @@ pub struct Machine {
     child: Jailed,
     /// The virtiofsd daemons of the VM's volumes.
     daemons: Vec<super::virtiofs::Daemon>,
+    /// The network card's passt.
+    passt: Option<super::passt::Passt>,
     /// The channel to the agent.
     pub channel: UnixStream,
     /// The guest kernel's release, as the agent reported it.
@@ -78,6 +80,10 @@ fn inside_jail(spec: &MachineSpec) -> (MachineSpec, Vec<Bind>) {
             .enumerate()
             .map(|(i, (tag, socket))| (tag.clone(), put(socket, &format!("fs-{i}.sock"), true)))
             .collect(),
+        net: spec
+            .net
+            .as_ref()
+            .map(|(socket, mac)| (put(socket, "net.sock", true), mac.clone())),
         cmdline: spec.cmdline.clone(),
         cpus: spec.cpus,
         memory_mib: spec.memory_mib,
@@ -234,6 +240,7 @@ impl Machine {
         dir: &Path,
         timeout: Duration,
         mut daemons: Vec<super::virtiofs::Daemon>,
+        mut passt: Option<super::passt::Passt>,
         confine: &HostConfinement,
     ) -> Result<Machine, String> {
         let vmm_log = dir.join("vmm.log");
@@ -301,6 +308,9 @@ impl Machine {
             let _ = child.kill();
             let _ = child.wait();
             super::virtiofs::stop(&mut daemons);
+            if let Some(p) = passt.as_mut() {
+                p.stop();
+            }
             let _ = std::fs::remove_file(&spec.channel);
             failure(&what, &spec.console_log, &vmm_log)
         };
@@ -377,6 +387,7 @@ impl Machine {
         Ok(Machine {
             child,
             daemons,
+            passt,
             channel,
             kernel_release,
             console_log: spec.console_log.clone(),
@@ -407,6 +418,9 @@ impl Machine {
             std::thread::sleep(Duration::from_millis(5));
         };
         super::virtiofs::stop(&mut self.daemons);
+        if let Some(p) = self.passt.as_mut() {
+            p.stop();
+        }
         status
     }
 

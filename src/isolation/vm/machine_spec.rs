@@ -25,4 +25,6 @@ pub struct MachineSpec {
     pub console_log: PathBuf,
     /// virtio-fs devices: (tag, vhost-user socket of its virtiofsd).
     pub shares: Vec<(String, PathBuf)>,
+    /// The network card: its stack's socket (passt's) and MAC address; `None`: no card.
+    pub net: Option<(PathBuf, String)>,
 }

@@ -85,6 +85,16 @@ pub fn command(spec: &MachineSpec, kvm: bool, sandbox: bool) -> Command {
         ))
         .arg("-device")
         .arg(format!("virtserialport,chardev=agent,name={AGENT_PORT}"));
+    if let Some((socket, mac)) = &spec.net {
+        // QEMU's stream backend speaks passt's framing (a length before each frame).
+        c.arg("-netdev")
+            .arg(format!(
+                "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                qemu_escape(&socket.to_string_lossy())
+            ))
+            .arg("-device")
+            .arg(format!("virtio-net-device,netdev=net0,mac={mac}"));
+    }
     for (i, (tag, socket)) in spec.shares.iter().enumerate() {
         c.arg("-chardev")
             .arg(format!(

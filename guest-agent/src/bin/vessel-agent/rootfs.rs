@@ -71,6 +71,9 @@ pub const ROOT: &str = "/run/vessel/root";
 /// `workdir`, the first process's working directory, is made while the root can still be
 /// written.
 pub fn assemble(spec: &RootfsSpec, workdir: &str, cmdline: &str) -> Result<PathBuf, String> {
+    if let Some(net) = &spec.network {
+        crate::net::configure(net, cmdline)?;
+    }
     let d = disks::find()?;
     let image = Path::new("/run/vessel/image");
     let rw = Path::new("/run/vessel/rw");
@@ -119,6 +122,7 @@ pub fn assemble(spec: &RootfsSpec, workdir: &str, cmdline: &str) -> Result<PathB
     }
     // Before the root turns read-only: their mount points may have to be made.
     crate::volumes::mount_all(root, &spec.volumes, cmdline)?;
+    bind_files(root, &spec.files)?;
     if spec.readonly {
         mount(
             "",
@@ -162,4 +166,46 @@ pub fn assemble(spec: &RootfsSpec, workdir: &str, cmdline: &str) -> Result<PathB
         }
     }
     Ok(root.to_path_buf())
+}
+
+/// Where the agent keeps the files it binds into the container (its own tmpfs).
+const FILES: &str = "/run/vessel/files";
+
+/// Binds each file (`/etc/hosts`, ...) over the image's own, as docker does: the
+/// container may change them, and the image's copy is left as it was.
+fn bind_files(root: &Path, files: &[vessel_agent::FileSpec]) -> Result<(), String> {
+    for (i, f) in files.iter().enumerate() {
+        let rel = f.path.trim_start_matches('/');
+        if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+            return Err(format!("refusing to bind a file at {:?}", f.path));
+        }
+        let src = Path::new(FILES).join(i.to_string());
+        std::fs::create_dir_all(FILES).map_err(|e| format!("creating {FILES}: {e}"))?;
+        std::fs::write(&src, &f.contents).map_err(|e| format!("writing {}: {e}", f.path))?;
+        let at = root.join(rel);
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", f.path))?;
+            // The image's directories may be symlinks; an absolute one resolves in the
+            // agent's root, not the container's, and is not followed there.
+            let real = parent.canonicalize().map_err(|e| format!("{}: {e}", f.path))?;
+            if !real.starts_with(root) {
+                return Err(format!(
+                    "{}: the image's {} leads out of its root",
+                    f.path,
+                    parent.strip_prefix(root).unwrap_or(parent).display()
+                ));
+            }
+        }
+        // A symlink in the image (/etc/resolv.conf -> ../run/...) is replaced, not followed
+        // out of the root.
+        if at.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+            std::fs::remove_file(&at).map_err(|e| format!("{}: {e}", f.path))?;
+        }
+        if !at.exists() {
+            std::fs::write(&at, b"").map_err(|e| format!("{}: {e}", f.path))?;
+        }
+        mount(&src.to_string_lossy(), &at, "", libc::MS_BIND, None)
+            .map_err(|e| format!("{}: {e}", f.path))?;
+    }
+    Ok(())
 }
