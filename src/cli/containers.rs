@@ -3,6 +3,7 @@
 //! container lifecycle (`crate::container::lifecycle`), which does the work for both modes.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -163,6 +164,15 @@ pub struct LogsArgs {
     pub follow: bool,
     /// Container name or ID.
     pub container: String,
+}
+
+/// Arguments of `vessel port`.
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// Container name or ID.
+    pub container: String,
+    /// Only this container port: PORT[/tcp|/udp].
+    pub port: Option<String>,
 }
 
 /// Arguments of `vessel stop`.
@@ -421,6 +431,40 @@ pub fn logs(root: &Path, args: LogsArgs) -> Result<ExitCode> {
         is_live(&records, &r.id)
     })
     .context("reading the log")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A container's published ports, from its launch description; none once it is removed.
+pub fn published(root: &Path, id: &str) -> Vec<network::PortMapping> {
+    lifecycle::read_launch(&layout::container_dir(root, id))
+        .map(|l| l.ports)
+        .unwrap_or_default()
+}
+
+/// `vessel port`: docker's `80/tcp -> 0.0.0.0:8080` lines, or just the host side of one.
+pub fn port(root: &Path, args: PortArgs) -> Result<ExitCode> {
+    let root = &absolute(root)?;
+    let (_store, records) = open(root)?;
+    let r = records.find(&args.container)?;
+    let ports = published(root, &r.id);
+    let mut out = std::io::stdout().lock();
+    match &args.port {
+        None => {
+            for m in &ports {
+                writeln!(out, "{} -> {}", m.container_side(), m.host_side())?;
+            }
+        }
+        Some(p) => {
+            let want = if p.contains('/') { p.clone() } else { format!("{p}/tcp") };
+            let found: Vec<_> = ports.iter().filter(|m| m.container_side() == want).collect();
+            if found.is_empty() {
+                bail!("no public port {want:?} published for {}", args.container);
+            }
+            for m in found {
+                writeln!(out, "{}", m.host_side())?;
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -55,6 +55,8 @@ pub enum Command {
     Ps(containers::PsArgs),
     /// Show a container's output.
     Logs(containers::LogsArgs),
+    /// List a container's published ports.
+    Port(containers::PortArgs),
     /// Stop containers (SIGTERM, then SIGKILL after a grace period).
     Stop(containers::StopArgs),
     /// Send a signal to containers.
@@ -113,6 +115,7 @@ pub fn main() -> ExitCode {
         Command::Exec(a) => return containers::exec(&root, a),
         Command::Ps(a) => containers::ps(&root, a),
         Command::Logs(a) => containers::logs(&root, a),
+        Command::Port(a) => containers::port(&root, a),
         Command::Stop(a) => containers::stop(&root, a),
         Command::Kill(a) => containers::kill(&root, a),
         Command::Rm(a) => containers::rm(&root, a),

@@ -67,6 +67,18 @@ fn quote_command(args: &[String]) -> String {
     format!("\"{s}\"")
 }
 
+/// docker's PORTS: what a running container publishes, `0.0.0.0:8080->80/tcp, ...`.
+fn ports_column(root: &Path, r: &Record) -> String {
+    if r.state != State::Running {
+        return String::new();
+    }
+    super::containers::published(root, &r.id)
+        .iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `vessel ps`.
 pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
     let root = &super::containers::absolute(root)?;
@@ -100,12 +112,16 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
                 "OOMKilled": r.oom_killed,
                 "Isolation": r.isolation.as_str(),
                 "Pid": r.pid,
+                "Ports": super::containers::published(root, &r.id)
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>(),
             });
             writeln!(out, "{v}")?;
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 7]> = list
+    let rows: Vec<[String; 8]> = list
         .iter()
         .map(|r| {
             [
@@ -114,6 +130,7 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
                 quote_command(&r.command),
                 format!("{} ago", ago(r.created)),
                 status(r),
+                ports_column(root, r),
                 r.name.clone(),
                 r.isolation.as_str().to_string(),
             ]
@@ -125,6 +142,7 @@ pub fn ps(root: &Path, args: PsArgs) -> Result<ExitCode> {
         "COMMAND",
         "CREATED",
         "STATUS",
+        "PORTS",
         "NAMES",
         "ISOLATION",
     ];

@@ -225,6 +225,7 @@ impl Layer {
 /// Applets linked to /bin/busybox in the base layer (when this busybox has them).
 pub const APPLETS: &[&str] = &[
     "sh",
+    "nslookup",
     "echo",
     "cat",
     "ls",
