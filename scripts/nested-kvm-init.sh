@@ -62,6 +62,15 @@ stage2() {
     kmods=$($bb cat "$run/modules_dir")
     [ -d /lib/modules ] && $bb mount --bind "$kmods" /lib/modules
     $bb ip link set lo up
+    # passt, the default network's helper, models the container's network on an interface
+    # with a default route; L1 has no network card, so a dummy interface stands in (traffic
+    # beyond the host's own loopback goes nowhere, which no test needs).
+    if $bb insmod "$kmods/kernel/drivers/net/dummy.ko" 2>/dev/null || [ -d /sys/module/dummy ]; then
+        $bb ip link add vessel-l1 type dummy &&
+            $bb ip addr add 198.18.0.15/24 dev vessel-l1 &&
+            $bb ip link set vessel-l1 up &&
+            $bb ip route add default via 198.18.0.1 dev vessel-l1
+    fi
     $bb hostname nested-kvm
     $bb mount --make-rprivate /
     # The caller's environment, then its directory.

@@ -4,6 +4,7 @@
 # kernel), and container mode's cgroup tests on a pure cgroup v2 hierarchy.
 #
 # Usage (from test.sh): nested-tests.sh VM_RUN BOOT_LINUX CONTAINER_RUN CONTAINER_LIFECYCLE VOLUMES
+#                                       NETWORK
 #
 # With $VESSEL_NESTED_DONE set to a directory (on a path shared with the host), each job
 # that ends leaves a mark there, and a job already marked is not run again: when L1 itself
@@ -21,7 +22,7 @@
 # 2026-12-06, in the middle of a boot that hundreds of others got through: the same
 # family as L1's own crashes, a fault while delivering a fault, under QEMU's emulation). A test's output is printed in one piece when it ends, so lanes do not interleave.
 set -uo pipefail
-vm_run=$1 boot_linux=$2 container_run=$3 container_lifecycle=$4 volumes=$5
+vm_run=$1 boot_linux=$2 container_run=$3 container_lifecycle=$4 volumes=$5 network=$6
 lanes=${VESSEL_NESTED_LANES:-2}
 done_dir=${VESSEL_NESTED_DONE:-}
 work=$(mktemp -d /run/nested-tests.XXXXXX)
@@ -51,6 +52,10 @@ done
 # Shared directories on the guest's tmpfs: its /tmp is itself virtio-fs.
 for t in $(tests "$volumes" builtin_vmm::); do
     job 150 "$t" env TMPDIR=/run "$volumes" "$t" --exact --show-output --color=never
+done
+# The default network through passt (L1's dummy interface stands in for a network card).
+for t in $(tests "$network" builtin_vmm::); do
+    job 150 "$t" env TMPDIR=/run "$network" "$t" --exact --show-output --color=never
 done
 job 120 boot_linux env -C vmm "$boot_linux" --show-output --color=never
 job 120 "container_lifecycle (cgroup v2)" env TMPDIR=/run "$container_lifecycle" \

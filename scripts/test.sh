@@ -78,7 +78,7 @@ VESSEL_TEST_KERNEL=debian "${bin[volumes]}" qemu:: --show-output --color=never \
 took "the VM suites on Debian's kernel"
 
 if [ "$nested" = 1 ]; then
-    for t in vm_run volumes boot_linux container_run container_lifecycle; do
+    for t in vm_run volumes boot_linux container_run container_lifecycle network; do
         [ -n "${bin[$t]:-}" ] || { echo "test.sh: no test executable for $t" >&2; exit 1; }
     done
     echo
@@ -92,6 +92,7 @@ if [ "$nested" = 1 ]; then
         VESSEL_NESTED_DONE=$done bash scripts/nested-kvm.sh --cpus 2 --memory 4G --timeout 1000 -- \
             bash scripts/nested-tests.sh "${bin[vm_run]}" "${bin[boot_linux]}" \
             "${bin[container_run]}" "${bin[container_lifecycle]}" "${bin[volumes]}" \
+            "${bin[network]}" \
             2>&1 | tee -a "$log"
         return "${PIPESTATUS[0]}"
     }
