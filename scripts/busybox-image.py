@@ -3,6 +3,8 @@
 involved), for the demo and the benchmark scripts.
 
 Usage: busybox-image.py OUT.tar REFERENCE [APPLET...]   (no applets: every applet)
+$EXTRA_FILES: host files (space-separated) copied in at the same paths, symlinks followed
+(a dynamically linked host tool and the libraries `ldd` names for it).
 """
 import gzip, hashlib, io, json, os, subprocess, sys, tarfile, tempfile
 
@@ -27,6 +29,8 @@ with tarfile.open(fileobj=buf, mode="w") as t:
     for a in applets:
         if a != "busybox":
             i = tarfile.TarInfo("bin/" + a); i.type = tarfile.SYMTYPE; i.linkname = "busybox"; t.addfile(i)
+    for f in os.environ.get("EXTRA_FILES", "").split():
+        t.add(os.path.realpath(f), f.lstrip("/"))
     pw = b"root:x:0:0:root:/root:/bin/sh\n"
     i = tarfile.TarInfo("etc/passwd"); i.size = len(pw); t.addfile(i, io.BytesIO(pw))
 raw = buf.getvalue()

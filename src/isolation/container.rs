@@ -154,6 +154,10 @@ impl Backend for ContainerBackend {
                 ));
             }
         }
+        if spec.network == NetworkMode::Default {
+            crate::isolation::network::helper::binary("pasta")
+                .map_err(IsolationError::Refused)?;
+        }
         if let Some(p) = spec.resources.pids {
             if p < 1 {
                 return refuse(format!("--pids-limit {p}: must be at least 1"));

@@ -445,6 +445,9 @@ impl Backend for VmBackend {
         if !spec.binds.is_empty() {
             virtiofs::binary().map_err(|e| IsolationError::Refused(format!("--volume: {e}")))?;
         }
+        if spec.network == NetworkMode::Default {
+            network::helper::binary("passt").map_err(IsolationError::Refused)?;
+        }
         let size = size_of(&spec.resources, &host_limits()).map_err(IsolationError::Refused)?;
         // The start request, without the confinement the start adds (its seccomp program
         // is a few KiB): one the protocol cannot carry is refused before anything boots.

@@ -148,6 +148,7 @@ mod tests {
             tmpfs: vec!["/scratch".into()],
             read_only: true,
             network,
+            ports: Vec::new(),
             resources: Resources {
                 memory: Some(64 << 20),
                 cpus: Some(0.5),
