@@ -29,7 +29,7 @@ VESSEL="$PWD/target/release/vessel"
 export VESSEL_AGENT="${VESSEL_AGENT:-$PWD/target/x86_64-unknown-linux-musl/release/vessel-agent}"
 export VESSEL_KERNEL="$KERNEL"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/vessel-bench-network.XXXXXX")"
-[ "${KEEP:-0}" = 1 ] || trap '"$VESSEL" --root "$WORK/root" rm -f $("$VESSEL" --root "$WORK/root" ps -aq 2>/dev/null) >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+[ "${KEEP:-0}" = 1 ] || trap '"$VESSEL" --root "$WORK/root" rm -f $("$VESSEL" --root "$WORK/root" ps -aq 2>/dev/null) >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 
 # The image: busybox-static and Debian's iperf3 with the libraries it loads.
 iperf=$(command -v iperf3)
@@ -42,7 +42,7 @@ import json, os, re, socket, statistics, subprocess, sys, time
 runs, duration, vessel, work, vmms = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5].split(",")
 root = os.path.join(work, "root")
 page = "x" * 612
-server = f"mkdir -p /www; printf '%s' {page} > /www/index.html; httpd -p 8080 -h /www; exec iperf3 -s -p 5201"
+server = f"mkdir -p /www; printf '%s' {page} > /www/index.html; httpd -p 8080 -h /www; exec /usr/bin/iperf3 -s -p 5201"
 
 def free_port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
@@ -58,16 +58,28 @@ def wait_http(port, secs=120):
         except OSError:
             pass
         time.sleep(0.2)
-    sys.exit(f"bench-network: the server on port {port} never answered")
+    raise Failed(f"the server on port {port} never answered")
 
-def iperf(port, reverse):
+class Failed(Exception):
+    """A mode that could not be measured: said in its row, the others still run."""
+
+def logs(cid):
+    if cid is None:
+        return ""
+    p = subprocess.run([vessel, "--root", root, "logs", cid], capture_output=True, text=True)
+    return f"\ncontainer output:\n{p.stdout[-1500:]}{p.stderr[-1500:]}"
+
+def iperf(port, reverse, name, cid):
     args = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(duration), "-J"] + (["-R"] if reverse else [])
-    for _ in range(5):
+    for _ in range(15):
         p = subprocess.run(args, capture_output=True, text=True)
-        if p.returncode == 0:
+        try:
             return json.loads(p.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
-        time.sleep(1)  # the server takes one client at a time; the last may still be closing
-    sys.exit(f"bench-network: iperf3 failed:\n{p.stdout[-1500:]}{p.stderr[-1500:]}")
+        except (ValueError, KeyError):
+            # The server takes one client at a time ("the server is busy"), and the last
+            # one may still be closing (seconds, in the nested-KVM guest).
+            time.sleep(2)
+    raise Failed(f"iperf3 failed: {p.stdout[-300:]}{p.stderr[-1500:]}{logs(cid)}")
 
 def wrk(port):
     p = subprocess.run(["wrk", "-t2", "-c16", f"-d{duration}s", f"http://127.0.0.1:{port}/index.html"],
@@ -78,6 +90,7 @@ modes = [("host loopback", None), ("container", ["--isolation", "container"])] +
     (f"vm ({v})", ["--isolation", "vm", "--vmm", v, "--memory", "512m"]) for v in vmms]
 jobs = ["tcp in", "tcp out", "http"]
 res = {m: {j: [] for j in jobs} for m, _ in modes}
+failed = {}
 for name, args in modes:
     ip, hp = free_port(), free_port()
     if args is None:
@@ -93,24 +106,31 @@ for name, args in modes:
         if p.returncode != 0:
             sys.exit(f"bench-network: {name}: {p.stderr[-2000:]}")
         cid, procs = p.stdout.strip(), []
-    wait_http(hp)
-    time.sleep(0.5)
-    for _ in range(runs):
-        res[name]["tcp in"].append(iperf(ip, False))
-        res[name]["tcp out"].append(iperf(ip, True))
-        res[name]["http"].append(wrk(hp))
+    try:
+        wait_http(hp)
+        time.sleep(0.5)
+        for _ in range(runs):
+            res[name]["tcp in"].append(iperf(ip, False, name, cid))
+            res[name]["tcp out"].append(iperf(ip, True, name, cid))
+            res[name]["http"].append(wrk(hp))
+    except Failed as e:
+        failed[name] = str(e)
+        print(f"bench-network: {name}: {e}", file=sys.stderr)
     if cid:
         subprocess.run([vessel, "--root", root, "rm", "-f", cid], capture_output=True)
     for p in procs:
         p.kill(); p.wait()
 
-med = statistics.median
+def med(v):
+    return statistics.median(v) if v else float("nan")
 print(f"Network through -p 127.0.0.1:HP:CP, {runs} runs of {duration} s each, medians:")
 print(f"  {'':<16}{'tcp in Mbit/s':>15}{'tcp out Mbit/s':>16}{'http req/s':>12}")
 for name, _ in modes:
     r = res[name]
-    print(f"  {name:<16}{med(r['tcp in']):15.0f}{med(r['tcp out']):16.0f}{med(r['http']):12.0f}")
+    print(f"  {name:<16}{med(r['tcp in']):15.0f}{med(r['tcp out']):16.0f}{med(r['http']):12.0f}"
+          + ("   (failed: see above)" if name in failed else ""))
 for name, _ in modes[2:]:
     print(f"  {name} / container: " + ", ".join(
         f"{j} {med(res[name][j]) / max(med(res['container'][j]), 1e-9):.2f}x" for j in jobs))
+sys.exit(1 if failed else 0)
 PY

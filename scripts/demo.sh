@@ -28,12 +28,22 @@ log "building the demo image (busybox-static as an OCI archive) and loading it"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 scripts/busybox-image.py "$work/demo.tar" vessel-demo/busybox:latest \
-    sh echo cat ls uname ps hostname id env sleep true false head grep mount df free
+    sh echo cat ls uname ps hostname id env sleep true false head grep mount df free httpd
 "$VESSEL" load -i "$work/demo.tar"
 
 log "running a container in a microVM: vessel run --rm vessel-demo/busybox ..."
 time "$VESSEL" run --rm vessel-demo/busybox sh -c \
     'echo "hello from a microVM"; uname -a; echo "PID 1 is $(cat /proc/1/comm); processes: $(ls /proc | grep -c "^[0-9]")"'
+
+log "publishing a port from a microVM: vessel run -d -p 127.0.0.1:18080:80 ... httpd"
+id=$("$VESSEL" run -d -p 127.0.0.1:18080:80 vessel-demo/busybox sh -c \
+    'mkdir -p /www && echo "served from a microVM" > /www/index.html && exec httpd -f -p 80 -h /www')
+"$VESSEL" ps
+for _ in $(seq 50); do
+    curl -s -m 2 http://127.0.0.1:18080/ && break
+    sleep 0.2
+done
+"$VESSEL" rm -f "$id" >/dev/null
 
 if command -v curl >/dev/null && curl -s -o /dev/null -m 5 https://registry-1.docker.io/v2/; then
     log "Docker Hub is reachable: vessel run alpine echo hello"

@@ -65,6 +65,8 @@ stage2() {
     # passt, the default network's helper, models the container's network on an interface
     # with a default route; L1 has no network card, so a dummy interface stands in (traffic
     # beyond the host's own loopback goes nowhere, which no test needs).
+    # pasta (the same in container mode) serves a tap device: /dev/net/tun.
+    $bb insmod "$kmods/kernel/drivers/net/tun.ko" 2>/dev/null
     if $bb insmod "$kmods/kernel/drivers/net/dummy.ko" 2>/dev/null || [ -d /sys/module/dummy ]; then
         $bb ip link add vessel-l1 type dummy &&
             $bb ip addr add 198.18.0.15/24 dev vessel-l1 &&

@@ -20,7 +20,7 @@ PACKAGES=(
     qemu-system-x86 acpica-tools busybox-static e2fsprogs cpio zstd xz-utils lz4
     iproute2 procps hyperfine openssl
     # the default network's helpers (passt, pasta), and what its tests and benchmark drive
-    passt dnsmasq-base util-linux iperf3 wrk
+    passt dnsmasq-base util-linux iperf3 wrk curl
     # vessel's own guest kernel (`vessel kernel build`, which also installs what is missing)
     linux-source-6.1 bc bison flex libelf-dev
 )

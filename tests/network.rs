@@ -21,8 +21,14 @@ use common::{Entry, Layer, TestImage, TestRoot};
 
 /// `vessel` for one mode, with the network test image loaded.
 enum Mode {
-    Container { root: TestRoot, image: String },
-    Vm { env: vm_support::VmEnv, image: String },
+    Container {
+        root: TestRoot,
+        image: String,
+    },
+    Vm {
+        env: vm_support::VmEnv,
+        image: String,
+    },
 }
 
 /// The UDP echo server, built static from tests/support/udp-echo.c once per test binary.
@@ -31,7 +37,11 @@ fn udp_echo() -> &'static [u8] {
     BIN.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/udp-echo.c");
         let out = std::env::temp_dir().join(format!("vessel-udp-echo-{}", std::process::id()));
-        let cc = if common::have("musl-gcc") { "musl-gcc" } else { "cc" };
+        let cc = if common::have("musl-gcc") {
+            "musl-gcc"
+        } else {
+            "cc"
+        };
         let st = Command::new(cc)
             .args(["-static", "-Os", "-o"])
             .arg(&out)
@@ -132,6 +142,22 @@ impl Mode {
     }
 }
 
+impl Drop for Mode {
+    /// A test that fails half-way must not leave containers (and their helpers, holding
+    /// ports) running; the VM environment does the same for itself.
+    fn drop(&mut self) {
+        if let Mode::Container { root, .. } = self {
+            let ids = root.run(&["ps", "-aq"]);
+            let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.split_whitespace());
+            if args.len() > 2 {
+                let _ = root.run(&args);
+            }
+        }
+    }
+}
+
 /// A port nothing holds now, on the host's loopback.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -188,9 +214,7 @@ fn servers(marker: &str) -> Vec<String> {
     vec![
         "sh".into(),
         "-c".into(),
-        format!(
-            "echo {marker} > /tmp/i.html; udp-echo 9999 & exec httpd -f -p 8080 -h /tmp"
-        ),
+        format!("echo {marker} > /tmp/i.html; udp-echo 9999 & exec httpd -f -p 8080 -h /tmp"),
     ]
 }
 
@@ -223,7 +247,14 @@ fn published_ports(m: &Mode) {
     let ports_b = m.ok(&["port", "b"]);
     assert!(ports_b.contains("8080/tcp -> 0.0.0.0:"), "{ports_b}");
     assert!(ports_b.contains("9999/udp -> 0.0.0.0:"), "{ports_b}");
-    let hp_b: u16 = m.ok(&["port", "b", "8080"]).trim().rsplit(':').next().unwrap().parse().unwrap();
+    let hp_b: u16 = m
+        .ok(&["port", "b", "8080"])
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(http_get(hp_b, "/i.html", 60).unwrap(), "page-from-b\n");
     let ps = m.ok(&["ps"]);
     assert!(ps.contains("PORTS"), "{ps}");
@@ -231,9 +262,18 @@ fn published_ports(m: &Mode) {
 
     // UDP through the chosen host port, from the host's own non-loopback address: pasta
     // (2023-03) answers no UDP that comes from the host's loopback (docs/networking.md).
-    let udp_port: u16 = m.ok(&["port", "a", "9999/udp"]).trim().rsplit(':').next().unwrap().parse().unwrap();
+    let udp_port: u16 = m
+        .ok(&["port", "a", "9999/udp"])
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let probe = UdpSocket::bind("0.0.0.0:0").unwrap();
-    probe.connect("198.51.100.1:9").expect("the host has a default route");
+    probe
+        .connect("198.51.100.1:9")
+        .expect("the host has a default route");
     let host_ip = probe.local_addr().unwrap().ip();
     let s = UdpSocket::bind((host_ip, 0)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -254,7 +294,10 @@ fn published_ports(m: &Mode) {
     let (_, err) = vm_support::text(&out);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains(&format!("127.0.0.1:{hp}")) && err.contains("in use"), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{hp}")) && err.contains("in use"),
+        "{err}"
+    );
     assert_eq!(m.ok(&["ps", "-aq"]), before);
 
     m.ok(&["rm", "-f", &a, &b]);
@@ -299,7 +342,12 @@ impl Dns {
         let pid = std::process::id();
         let addr = format!("127.53.{}.{}", (pid >> 8) & 0xff, (pid & 0xff).max(1));
         let child = Command::new("dnsmasq")
-            .args(["--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces"])
+            .args([
+                "--no-daemon",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+            ])
             .arg(format!("--listen-address={addr}"))
             .arg("--host-record=test.vessel.example,192.0.2.77")
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
@@ -370,18 +418,22 @@ fn names_and_host_services(m: &Mode) {
 /// it is refused before anything starts.
 fn none_has_no_route_out(m: &Mode) {
     let port = host_server("unreachable");
-    let script = format!(
-        "ls /sys/class/net; ip route; wget -qO- http://10.0.2.2:{port}/ || echo no-route"
-    );
+    let script =
+        format!("ls /sys/class/net; ip route; wget -qO- http://10.0.2.2:{port}/ || echo no-route");
     let out = m.run(&["--rm", "--network", "none"], &["sh", "-c", &script]);
     let (so, se) = vm_support::text(&out);
     assert_eq!(out.status.code(), Some(0), "{so}{se}");
     assert!(so.starts_with("lo\n"), "{so}");
     assert!(so.trim_end().ends_with("no-route"), "{so}");
-    assert!(!so.contains("unreachable\n") && !so.contains("default"), "{so}");
+    assert!(
+        !so.contains("unreachable\n") && !so.contains("default"),
+        "{so}"
+    );
     let out = m.run(&["--network", "none", "-p", "8080:80"], &["true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(vm_support::text(&out).1.contains("-p needs the default network"));
+    assert!(vm_support::text(&out)
+        .1
+        .contains("-p needs the default network"));
 }
 
 /// Every way a container ends takes its helper and its ports with it: the process exits,
@@ -396,7 +448,11 @@ fn helpers_end_with_their_container(m: &Mode) {
         });
         assert!(gone, "{how}: helper {:?} or port {hp} left", helpers_of(id));
         let ps = m.ok(&["ps", "-a", "--format", "json"]);
-        let line = ps.lines().find(|l| l.contains(id)).unwrap_or_default().to_string();
+        let line = ps
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_default()
+            .to_string();
         assert!(line.contains("\"State\":\"exited\""), "{how}: {line}");
     };
     let start = |cmd: &[&str]| {
@@ -418,7 +474,10 @@ fn helpers_end_with_their_container(m: &Mode) {
     check(&id, hp, "kill");
     let (id, hp) = start(&serve);
     m.ok(&["rm", "-f", &id]);
-    assert!(ctr::wait_for(20, || helpers_of(&id).is_empty() && port_free(hp)), "rm -f");
+    assert!(
+        ctr::wait_for(20, || helpers_of(&id).is_empty() && port_free(hp)),
+        "rm -f"
+    );
 
     let (id, hp) = start(&serve);
     let sup = std::fs::read_dir("/proc")
@@ -480,17 +539,30 @@ fn host_network_is_refused_for_a_vm() {
         return;
     }
     let root = TestRoot::new();
-    let out = root.run(&["run", "--network", "host", "vessel-test/none:latest", "true"]);
+    let out = root.run(&[
+        "run",
+        "--network",
+        "host",
+        "vessel-test/none:latest",
+        "true",
+    ]);
     assert_eq!(out.status.code(), Some(125));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--network host is not available with vm isolation"), "{err}");
+    assert!(
+        err.contains("--network host is not available with vm isolation"),
+        "{err}"
+    );
 }
 
 /// A bad `-p` is a usage error that says what was wrong.
 #[test]
 fn malformed_publish_values_are_refused() {
     let root = TestRoot::new();
-    for (p, why) in [("80/sctp", "unknown protocol"), ("x:80", "not a number"), ("[::1]:1:2", "IPv6")] {
+    for (p, why) in [
+        ("80/sctp", "unknown protocol"),
+        ("x:80", "not a number"),
+        ("[::1]:1:2", "IPv6"),
+    ] {
         let out = root.run(&["run", "-p", p, "vessel-test/none:latest", "true"]);
         assert_eq!(out.status.code(), Some(125), "{p}");
         let err = String::from_utf8_lossy(&out.stderr);

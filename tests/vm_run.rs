@@ -977,8 +977,11 @@ fn host_processes_are_jailed(vmm: &str) {
     } else {
         "vessel-vmm"
     };
-    let (mut vmms, mut daemons) = (0, 0);
-    assert!(reported.len() >= 3, "VMM and virtiofsd: {reported:#?}");
+    let (mut vmms, mut daemons, mut passts) = (0, 0, 0);
+    assert!(
+        reported.len() >= 4,
+        "VMM, virtiofsd and passt: {reported:#?}"
+    );
     for p in &reported {
         let pid = p["pid"].as_i64().unwrap() as i32;
         let command = p["command"].as_str().unwrap();
@@ -989,11 +992,33 @@ fn host_processes_are_jailed(vmm: &str) {
         assert_eq!(p["no_new_privs"], true, "{command}");
         let caps = status_field(pid, "CapEff");
         assert_eq!(p["cap_eff"], caps.as_str(), "{command}");
+        let passt = command.contains("passt");
         for ns in ["mnt", "pid", "net", "ipc", "uts", "cgroup"] {
             let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
             let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
+            if passt && ns == "net" {
+                // The network's helper works in the host's network: that is its job.
+                assert_eq!(theirs, ours, "passt's network namespace");
+                assert_eq!(p["namespaces"][ns], "host", "{command}");
+                continue;
+            }
             assert_ne!(theirs, ours, "{command} shares the host's {ns} namespace");
             assert_eq!(p["namespaces"][ns], "own", "{command}");
+        }
+        if passt {
+            passts += 1;
+            // The VM's own uid, no capability, an empty root of its own sandbox.
+            assert_eq!(caps, "0000000000000000", "passt CapEff");
+            let uid: u32 = status_field(pid, "Uid")
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(uid >= 0x5e55_0000, "passt runs as uid {uid}");
+            let root = entries(Path::new(&format!("/proc/{pid}/root")));
+            assert!(root.is_empty(), "passt's root: {root:?}");
+            continue;
         }
         if command.contains("virtiofsd") {
             daemons += 1;
@@ -1035,6 +1060,7 @@ fn host_processes_are_jailed(vmm: &str) {
             "image.ext4",
             "initrd",
             "kernel",
+            "net.sock",
         ];
         if vmm == "builtin" {
             expected.push("vmm.json");
@@ -1072,7 +1098,7 @@ fn host_processes_are_jailed(vmm: &str) {
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
         assert!(cgroups.contains(&format!("/vessel/{id}")), "{cgroups}");
     }
-    assert_eq!((vmms, daemons), (1, 2), "{reported:#?}");
+    assert_eq!((vmms, daemons, passts), (1, 2, 1), "{reported:#?}");
 
     let out = env.cmd(&["rm", "-f", &id]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out).1);

@@ -455,8 +455,15 @@ pub fn port(root: &Path, args: PortArgs) -> Result<ExitCode> {
             }
         }
         Some(p) => {
-            let want = if p.contains('/') { p.clone() } else { format!("{p}/tcp") };
-            let found: Vec<_> = ports.iter().filter(|m| m.container_side() == want).collect();
+            let want = if p.contains('/') {
+                p.clone()
+            } else {
+                format!("{p}/tcp")
+            };
+            let found: Vec<_> = ports
+                .iter()
+                .filter(|m| m.container_side() == want)
+                .collect();
             if found.is_empty() {
                 bail!("no public port {want:?} published for {}", args.container);
             }

@@ -91,10 +91,9 @@ impl ContainerBackend {
         let etc = spec.dir.join("etc");
         std::fs::create_dir_all(&etc)
             .map_err(|e| IsolationError::io(format!("creating {}", etc.display()), e))?;
-        for (name, contents) in crate::isolation::network::etc_files(
-            &spec.process.hostname,
-            spec.network,
-        ) {
+        for (name, contents) in
+            crate::isolation::network::etc_files(&spec.process.hostname, spec.network)
+        {
             std::fs::write(etc.join(name), contents)
                 .map_err(|e| IsolationError::io(format!("writing /etc/{name}"), e))?;
         }
@@ -155,8 +154,7 @@ impl Backend for ContainerBackend {
             }
         }
         if spec.network == NetworkMode::Default {
-            crate::isolation::network::helper::binary("pasta")
-                .map_err(IsolationError::Refused)?;
+            crate::isolation::network::helper::binary("pasta").map_err(IsolationError::Refused)?;
         }
         if let Some(p) = spec.resources.pids {
             if p < 1 {

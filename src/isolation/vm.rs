@@ -13,8 +13,8 @@ mod jail;
 mod machine;
 mod machine_spec;
 mod mux;
-mod process;
 mod passt;
+mod process;
 mod qemu;
 mod socket_path;
 mod stream;
@@ -335,11 +335,24 @@ pub fn vmm_overhead_mib(vmm: Vmm) -> u64 {
 /// it maps is the VMM's, charged once).
 pub const VIRTIOFSD_OVERHEAD_MIB: u64 = 64;
 
+/// Memory passt may use, in MiB: about 30 MiB resident when idle (its flow tables and
+/// buffers), plus the socket buffers of the connections it relays, which the cgroup
+/// charges to it.
+pub const PASST_OVERHEAD_MIB: u64 = 64;
+
 /// What the VM's host processes may use together: its memory plus the overheads above,
 /// its vCPUs plus one CPU for the VMM's own threads and the helpers, and 512 threads.
-fn host_limits_of(vmm: Vmm, cpus: u8, memory_mib: u32, shares: usize) -> cgroup::Limits {
-    let mib =
-        u64::from(memory_mib) + vmm_overhead_mib(vmm) + VIRTIOFSD_OVERHEAD_MIB * shares as u64;
+fn host_limits_of(
+    vmm: Vmm,
+    cpus: u8,
+    memory_mib: u32,
+    shares: usize,
+    networked: bool,
+) -> cgroup::Limits {
+    let mib = u64::from(memory_mib)
+        + vmm_overhead_mib(vmm)
+        + VIRTIOFSD_OVERHEAD_MIB * shares as u64
+        + if networked { PASST_OVERHEAD_MIB } else { 0 };
     cgroup::Limits {
         memory: mib << 20,
         cpu_quota_us: (u64::from(cpus) + 1) * cgroup::CPU_PERIOD_US,
@@ -558,7 +571,13 @@ impl Backend for VmBackend {
             uid: jail::uid_for(&spec.id),
             cgroup_procs: cgroup::create(
                 &spec.id,
-                host_limits_of(choice.vmm, cpus, memory_mib, shares.len()),
+                host_limits_of(
+                    choice.vmm,
+                    cpus,
+                    memory_mib,
+                    shares.len(),
+                    spec.network == NetworkMode::Default,
+                ),
             )
             .map_err(|e| IsolationError::runtime("creating the VM's cgroup", e))?,
         };
@@ -582,9 +601,7 @@ impl Backend for VmBackend {
             None
         };
         let mspec = MachineSpec {
-            net: passt
-                .as_ref()
-                .map(|p| (p.socket.clone(), mac_of(&spec.id))),
+            net: passt.as_ref().map(|p| (p.socket.clone(), mac_of(&spec.id))),
             shares: daemons
                 .iter()
                 .map(|d| (d.tag.clone(), d.socket.path.clone()))

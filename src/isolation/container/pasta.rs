@@ -101,8 +101,9 @@ pub fn start(dir: &Path, pid: i32, ports: &[PortMapping]) -> Result<(), Isolatio
         let _ = child.wait();
         return Err(fail(e));
     }
-    // Reaped by cleanup's kill and this process's exit; pasta ends with the namespace.
-    std::mem::forget(child);
+    // Not waited for here: cleanup kills it by its recorded pid, and it dies with this
+    // supervisor in any case.
+    drop(child);
     Ok(())
 }
 

@@ -36,9 +36,11 @@ pub fn build(spec: &LaunchSpec, rootfs: &std::path::Path) -> Result<Value, Isola
     }
     // Before -v: a volume at /etc/hosts wins, as in docker.
     for (name, _) in crate::isolation::network::etc_files(&p.hostname, spec.network) {
-        mounts.push(json!({"destination": format!("/etc/{name}"), "type": "bind",
+        mounts.push(
+            json!({"destination": format!("/etc/{name}"), "type": "bind",
                            "source": spec.dir.join("etc").join(name),
-                           "options": ["rbind", "rprivate"]}));
+                           "options": ["rbind", "rprivate"]}),
+        );
     }
     for b in &spec.binds {
         let mut options = vec!["rbind", "rprivate"];

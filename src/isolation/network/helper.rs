@@ -171,7 +171,12 @@ pub fn wait_ready(
             None
         };
         if let Some(mut why) = why {
-            for l in super::super::vm::log_tail(log, 4) {
+            // Without a system logger the helpers say so before every line.
+            let said: Vec<String> = crate::isolation::vm::log_tail(log, 12)
+                .into_iter()
+                .filter(|l| !l.contains("to syslog"))
+                .collect();
+            for l in &said[said.len().saturating_sub(4)..] {
                 why.push_str(&format!("\n  {name}: {l}"));
             }
             return Err(why);

@@ -25,9 +25,7 @@ pub const HOST_NAME: &str = "host.vessel.internal";
 
 /// `/etc/hosts` of a container: loopback, its own name, and the host's.
 pub fn hosts(hostname: &str, networked: bool) -> String {
-    let mut h = String::from(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-    );
+    let mut h = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if networked {
         h.push_str(&format!("{ADDRESS}\t{hostname}\n{GATEWAY}\t{HOST_NAME}\n"));
     } else {
@@ -69,7 +67,9 @@ mod tests {
         let f = etc_files("box", NetworkMode::Default);
         let get = |n: &str| f.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone());
         assert!(get("hosts").unwrap().contains("10.0.2.100\tbox\n"));
-        assert!(get("hosts").unwrap().contains("10.0.2.2\thost.vessel.internal\n"));
+        assert!(get("hosts")
+            .unwrap()
+            .contains("10.0.2.2\thost.vessel.internal\n"));
         assert_eq!(get("resolv.conf").unwrap(), "nameserver 10.0.2.3\n");
         let none = etc_files("box", NetworkMode::None);
         assert_eq!(none.len(), 2);

@@ -310,12 +310,19 @@ mod tests {
         assert_eq!(e.source.kind(), std::io::ErrorKind::AddrInUse, "{e}");
         assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
 
-        let mut ports = [parse("127.0.0.1::80").unwrap(), parse("127.0.0.1::81/udp").unwrap()]
-            .concat();
+        let mut ports = [
+            parse("127.0.0.1::80").unwrap(),
+            parse("127.0.0.1::81/udp").unwrap(),
+        ]
+        .concat();
         reserve(&mut ports).unwrap();
         assert!(ports.iter().all(|p| p.host_port != 0), "{ports:?}");
 
-        let mut twice = [parse("127.0.0.1:40000:80").unwrap(), parse("40000:81").unwrap()].concat();
+        let mut twice = [
+            parse("127.0.0.1:40000:80").unwrap(),
+            parse("40000:81").unwrap(),
+        ]
+        .concat();
         let e = reserve(&mut twice).unwrap_err();
         assert!(e.to_string().contains("published twice"), "{e}");
     }

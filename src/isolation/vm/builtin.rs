@@ -5,9 +5,7 @@ use std::process::Command;
 use vessel_agent::channel::AGENT_PORT;
 use vessel_agent::disk::{CONTAINER_SERIAL, IMAGE_SERIAL};
 
-use vessel_vmm::config::{
-    ConsoleConfig, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig,
-};
+use vessel_vmm::config::{ConsoleConfig, DiskConfig, FsConfig, NetConfig, SerialOutput, VmConfig};
 
 use super::machine_spec::MachineSpec;
 

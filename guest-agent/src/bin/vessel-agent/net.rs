@@ -41,7 +41,10 @@ pub fn loopback_up() -> io::Result<()> {
 
 fn request(name: &str) -> io::Result<libc::ifreq> {
     if name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
     }
     // SAFETY: ifreq is plain old data; all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -63,10 +66,20 @@ fn ioctl(s: &Socket, op: libc::c_ulong, arg: *mut libc::c_void, what: &str) -> i
 
 fn set_up(s: &Socket, name: &str) -> io::Result<()> {
     let mut req = request(name)?;
-    ioctl(s, libc::SIOCGIFFLAGS, (&mut req as *mut libc::ifreq).cast(), "reading flags")?;
+    ioctl(
+        s,
+        libc::SIOCGIFFLAGS,
+        (&mut req as *mut libc::ifreq).cast(),
+        "reading flags",
+    )?;
     // SAFETY: the flags member is the one SIOCGIFFLAGS filled in.
     unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
-    ioctl(s, libc::SIOCSIFFLAGS, (&mut req as *mut libc::ifreq).cast(), "bringing it up")
+    ioctl(
+        s,
+        libc::SIOCSIFFLAGS,
+        (&mut req as *mut libc::ifreq).cast(),
+        "bringing it up",
+    )
 }
 
 fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
@@ -123,8 +136,19 @@ pub fn configure(spec: &NetworkSpec, cmdline: &str) -> Result<(), String> {
     if spec.prefix_len > 32 {
         return Err(format!("prefix length {} is not IPv4", spec.prefix_len));
     }
-    let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(spec.prefix_len)).unwrap_or(0));
-    set_addr(&s, &name, libc::SIOCSIFADDR, spec.address, "setting the address").map_err(fail)?;
+    let mask = Ipv4Addr::from(
+        u32::MAX
+            .checked_shl(32 - u32::from(spec.prefix_len))
+            .unwrap_or(0),
+    );
+    set_addr(
+        &s,
+        &name,
+        libc::SIOCSIFADDR,
+        spec.address,
+        "setting the address",
+    )
+    .map_err(fail)?;
     set_addr(&s, &name, libc::SIOCSIFNETMASK, mask, "setting the netmask").map_err(fail)?;
     set_up(&s, &name).map_err(fail)?;
     // SAFETY: rtentry is plain old data; all zeroes is a valid value.
@@ -133,6 +157,11 @@ pub fn configure(spec: &NetworkSpec, cmdline: &str) -> Result<(), String> {
     rt.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
     rt.rt_gateway = sockaddr(spec.gateway);
     rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-    ioctl(&s, libc::SIOCADDRT, (&mut rt as *mut libc::rtentry).cast(), "adding the default route")
-        .map_err(fail)
+    ioctl(
+        &s,
+        libc::SIOCADDRT,
+        (&mut rt as *mut libc::rtentry).cast(),
+        "adding the default route",
+    )
+    .map_err(fail)
 }

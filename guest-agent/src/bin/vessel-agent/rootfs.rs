@@ -187,7 +187,9 @@ fn bind_files(root: &Path, files: &[vessel_agent::FileSpec]) -> Result<(), Strin
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", f.path))?;
             // The image's directories may be symlinks; an absolute one resolves in the
             // agent's root, not the container's, and is not followed there.
-            let real = parent.canonicalize().map_err(|e| format!("{}: {e}", f.path))?;
+            let real = parent
+                .canonicalize()
+                .map_err(|e| format!("{}: {e}", f.path))?;
             if !real.starts_with(root) {
                 return Err(format!(
                     "{}: the image's {} leads out of its root",
