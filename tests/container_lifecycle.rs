@@ -232,7 +232,8 @@ fn run_and_kill_vessel(root: &TestRoot, img: &str, name: &str, rm: bool) -> (Str
     let entry = ctr::ps_entry(root, name).unwrap();
     let id = entry["ID"].as_str().unwrap().to_string();
     let pid = entry["Pid"].as_i64().unwrap();
-    assert!(ctr::mounts_under(root).len() == 1);
+    // The root's overlay and the name of its network namespace (for pasta).
+    assert_eq!(ctr::mounts_under(root).len(), 2);
     child.kill().unwrap();
     child.wait().unwrap();
     (id, pid)

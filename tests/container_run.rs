@@ -376,6 +376,8 @@ fn namespaces_pid_uts_network() {
         &root,
         &[
             "--rm",
+            "--network",
+            "none",
             &img,
             "sh",
             "-c",

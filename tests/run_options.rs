@@ -199,6 +199,13 @@ fn common_options(m: &mut Mode) {
             "links=lo\n",
         ],
     );
+    // The default network with published ports (tests/network.rs serves through them).
+    m.works(
+        &["publish", "publish-all"],
+        &["--rm", "-p", "127.0.0.1::8080", "-P"],
+        &["sh", "-c", "cat /etc/hosts; ls /sys/class/net"],
+        &["host.vessel.internal", "eth0\n"],
+    );
     // --pids-limit 8: of 12 background sleeps, some cannot be forked. (--cpus and --memory
     // are each mode's own: see the mode's test.)
     let out = m.run(
@@ -348,10 +355,10 @@ fn options_in_vm_mode() {
 #[test]
 fn unknown_options_before_the_image_are_usage_errors() {
     let root = TestRoot::new();
-    let out = root.run(&["run", "-p", "8080:80", "busybox", "true"]);
+    let out = root.run(&["run", "-X", "8080:80", "busybox", "true"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("unexpected argument '-p'"), "{stderr}");
+    assert!(stderr.contains("unexpected argument '-X'"), "{stderr}");
     assert!(stderr.contains("Usage: vessel run"), "{stderr}");
     assert!(!stderr.contains("invalid reference"), "{stderr}");
     let out = root.run(&["run", "--bogus", "busybox"]);

@@ -62,16 +62,13 @@ pub fn start(
         .map_err(|e| format!("handing {} to the VM's uid: {e}", sdir.display()))?;
     let socket = sdir.join("passt.sock");
     let mut args = helper::common_args(ports);
-    args.extend(
-        [
-            OsString::from("--one-off"),
-            "--socket".into(),
-            socket.clone().into(),
-            "--runas".into(),
-            format!("{uid}:{uid}").into(),
-        ]
-        .into_iter(),
-    );
+    args.extend([
+        OsString::from("--one-off"),
+        "--socket".into(),
+        socket.clone().into(),
+        "--runas".into(),
+        format!("{uid}:{uid}").into(),
+    ]);
     let log_path = helper::log_path(dir);
     let log: std::os::fd::OwnedFd = File::create(&log_path)
         .map_err(|e| format!("creating {}: {e}", log_path.display()))?
