@@ -304,20 +304,7 @@ fn killing_a_detached_supervisor_is_recovered_too() {
     let root = TestRoot::new();
     let img = busybox(&root, "crash-d");
     let id = detached(&root, &["--name", "bg", &img, "sleep", "300"]);
-    // Find the supervisor: the vessel process whose command line names the container.
-    let sup = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("__supervise") && c.contains(&id)
-                })
-                .unwrap_or(false)
-        })
-        .expect("the detached supervisor runs");
+    let sup = ctr::supervisor_of(&id).expect("the detached supervisor runs");
     // SAFETY: sending a signal has no memory-safety preconditions.
     unsafe { libc::kill(sup, libc::SIGKILL) };
     assert!(ctr::wait_for(5, || process_gone(sup as i64)));

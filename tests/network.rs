@@ -5,6 +5,7 @@
 //! test starts), `--network none`, and that no helper or bound port outlives its container
 //! on any way it can end.
 
+#[macro_use]
 mod common;
 #[path = "common/container.rs"]
 mod ctr;
@@ -134,6 +135,14 @@ impl Mode {
         so.trim().to_string()
     }
 
+    /// The host port `vessel port CONTAINER PORT` names.
+    fn host_port(&self, container: &str, port: &str) -> u16 {
+        let out = self.ok(&["port", container, port]);
+        let p = out.trim().rsplit(':').next().unwrap_or_default();
+        p.parse()
+            .unwrap_or_else(|_| panic!("vessel port said {out:?}"))
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let out = self.vessel(args).output().unwrap();
         let (so, se) = vm_support::text(&out);
@@ -247,14 +256,7 @@ fn published_ports(m: &Mode) {
     let ports_b = m.ok(&["port", "b"]);
     assert!(ports_b.contains("8080/tcp -> 0.0.0.0:"), "{ports_b}");
     assert!(ports_b.contains("9999/udp -> 0.0.0.0:"), "{ports_b}");
-    let hp_b: u16 = m
-        .ok(&["port", "b", "8080"])
-        .trim()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let hp_b = m.host_port("b", "8080");
     assert_eq!(http_get(hp_b, "/i.html", 60).unwrap(), "page-from-b\n");
     let ps = m.ok(&["ps"]);
     assert!(ps.contains("PORTS"), "{ps}");
@@ -262,14 +264,7 @@ fn published_ports(m: &Mode) {
 
     // UDP through the chosen host port, from the host's own non-loopback address: pasta
     // (2023-03) answers no UDP that comes from the host's loopback (docs/networking.md).
-    let udp_port: u16 = m
-        .ok(&["port", "a", "9999/udp"])
-        .trim()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let udp_port = m.host_port("a", "9999/udp");
     let probe = UdpSocket::bind("0.0.0.0:0").unwrap();
     probe
         .connect("198.51.100.1:9")
@@ -480,19 +475,7 @@ fn helpers_end_with_their_container(m: &Mode) {
     );
 
     let (id, hp) = start(&serve);
-    let sup = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| {
-                    let c = String::from_utf8_lossy(&c);
-                    c.contains("__supervise") && c.contains(&id)
-                })
-                .unwrap_or(false)
-        })
-        .expect("the detached supervisor runs");
+    let sup = ctr::supervisor_of(&id).expect("the detached supervisor runs");
     // SAFETY: sending a signal has no memory-safety preconditions.
     unsafe { libc::kill(sup, libc::SIGKILL) };
     check(&id, hp, "kill -9 of the supervisor");
@@ -508,20 +491,6 @@ fn helpers_end_with_their_container(m: &Mode) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
         check(&id, hp, "a crash of the VMM");
     }
-}
-
-macro_rules! in_each_mode {
-    ($($body:ident),* $(,)?) => {
-        mod container {
-            $(#[test] fn $body() { if let Some(m) = super::Mode::container() { super::$body(&m) } })*
-        }
-        mod qemu {
-            $(#[test] fn $body() { if let Some(m) = super::Mode::vm("qemu") { super::$body(&m) } })*
-        }
-        mod builtin_vmm {
-            $(#[test] fn $body() { if let Some(m) = super::Mode::vm("builtin") { super::$body(&m) } })*
-        }
-    };
 }
 
 in_each_mode!(

@@ -928,6 +928,12 @@ fn guest_keeps_the_hosts_vector_extensions(vmm: &str) {
     }
 }
 
+/// The real uid of `pid`.
+fn real_uid(pid: i32) -> u32 {
+    let uids = status_field(pid, "Uid");
+    uids.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 /// `/proc/PID/status` field `key`.
 fn status_field(pid: i32, key: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -1009,12 +1015,7 @@ fn host_processes_are_jailed(vmm: &str) {
             passts += 1;
             // The VM's own uid, no capability, an empty root of its own sandbox.
             assert_eq!(caps, "0000000000000000", "passt CapEff");
-            let uid: u32 = status_field(pid, "Uid")
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let uid = real_uid(pid);
             assert!(uid >= 0x5e55_0000, "passt runs as uid {uid}");
             let root = entries(Path::new(&format!("/proc/{pid}/root")));
             assert!(root.is_empty(), "passt's root: {root:?}");
@@ -1036,12 +1037,7 @@ fn host_processes_are_jailed(vmm: &str) {
         vmms += 1;
         assert_eq!(caps, "0000000000000000", "{command}");
         assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
-        let uid: u32 = status_field(pid, "Uid")
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let uid = real_uid(pid);
         assert!(uid >= 0x5e55_0000, "the VMM runs as uid {uid}");
         // Its root is the jail: the VM's files, libraries, its device nodes; nothing else.
         let root = Path::new(&format!("/proc/{pid}/root")).to_path_buf();

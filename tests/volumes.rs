@@ -3,6 +3,7 @@
 //! volumes and `vessel volume`, data integrity both ways, metadata, odd names, hard links,
 //! and that nothing outside the shared directory can be reached through it.
 
+#[macro_use]
 mod common;
 #[path = "common/container.rs"]
 mod ctr;
@@ -260,20 +261,6 @@ fn named_volumes(m: &Mode) {
     let out = m.run(&["-v", "/no/such/dir:/x"], "true");
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out).1.contains("/no/such/dir"), "{}", text(&out).1);
-}
-
-macro_rules! in_each_mode {
-    ($($body:ident),* $(,)?) => {
-        mod container {
-            $(#[test] fn $body() { if let Some(m) = super::Mode::container() { super::$body(&m) } })*
-        }
-        mod qemu {
-            $(#[test] fn $body() { if let Some(m) = super::Mode::vm("qemu") { super::$body(&m) } })*
-        }
-        mod builtin_vmm {
-            $(#[test] fn $body() { if let Some(m) = super::Mode::vm("builtin") { super::$body(&m) } })*
-        }
-    };
 }
 
 in_each_mode!(data_and_metadata, nothing_outside_the_share, named_volumes);

@@ -121,6 +121,23 @@ pub fn ps_entry(root: &TestRoot, name: &str) -> Option<serde_json::Value> {
     ps_all(root).into_iter().find(|v| v["Names"] == name)
 }
 
+/// The pid of the detached supervisor of container `id`: the vessel process whose command
+/// line names it.
+pub fn supervisor_of(id: &str) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("__supervise") && c.contains(id)
+                })
+                .unwrap_or(false)
+        })
+}
+
 /// Polls `cond` for up to `secs` seconds.
 pub fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -980,3 +980,21 @@ pub fn lie_about_base_diff_id(layout: &Path, w: &Written) {
     std::fs::write(&index_path, serde_json::to_vec(&index).expect("index json"))
         .expect("write index");
 }
+
+/// One test module per isolation mode and backend (`container`, `qemu`, `builtin_vmm`),
+/// each test calling the body with that mode's `Mode` (the calling file's type, with
+/// `Mode::container()` and `Mode::vm(vmm)` returning `None` after saying SKIP).
+#[allow(unused_macros)]
+macro_rules! in_each_mode {
+    ($($body:ident),* $(,)?) => {
+        mod container {
+            $(#[test] fn $body() { if let Some(m) = super::Mode::container() { super::$body(&m) } })*
+        }
+        mod qemu {
+            $(#[test] fn $body() { if let Some(m) = super::Mode::vm("qemu") { super::$body(&m) } })*
+        }
+        mod builtin_vmm {
+            $(#[test] fn $body() { if let Some(m) = super::Mode::vm("builtin") { super::$body(&m) } })*
+        }
+    };
+}

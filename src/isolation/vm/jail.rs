@@ -124,6 +124,23 @@ pub struct JailSpec {
     pub mode: Mode,
 }
 
+impl JailSpec {
+    /// A helper's jail (`mode` [`Mode::Helper`] or [`Mode::NetHelper`]): namespaces, the
+    /// VM's cgroup, no_new_privs and the baseline filter; the helper sandboxes itself.
+    pub fn helper(mode: Mode, cgroup_procs: &[PathBuf]) -> JailSpec {
+        JailSpec {
+            root: PathBuf::new(),
+            binds: Vec::new(),
+            system_dirs: Vec::new(),
+            kvm: false,
+            program_dir: false,
+            uid: 0,
+            cgroup_procs: cgroup_procs.to_vec(),
+            mode,
+        }
+    }
+}
+
 /// How much of the jail a process gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -73,16 +73,7 @@ pub fn start(
     let log: std::os::fd::OwnedFd = File::create(&log_path)
         .map_err(|e| format!("creating {}: {e}", log_path.display()))?
         .into();
-    let spec = JailSpec {
-        root: PathBuf::new(),
-        binds: Vec::new(),
-        system_dirs: Vec::new(),
-        kvm: false,
-        program_dir: false,
-        uid: 0,
-        cgroup_procs: cgroup_procs.to_vec(),
-        mode: jail::Mode::NetHelper,
-    };
+    let spec = JailSpec::helper(jail::Mode::NetHelper, cgroup_procs);
     let mut child = jail::spawn(&spec, &bin, &args, &log, &log)
         .map_err(|e| format!("starting {}: {e}", bin.display()))?;
     helper::record(dir, child.id() as i32);

@@ -112,16 +112,7 @@ pub fn start(
         // The jail's namespaces (its sandbox adds mount, PID and network namespaces of its
         // own below them), the VM's cgroup, no_new_privs and the baseline filter; it keeps
         // root and drops capabilities itself.
-        let jail = JailSpec {
-            root: PathBuf::new(),
-            binds: Vec::new(),
-            system_dirs: Vec::new(),
-            kvm: false,
-            program_dir: false,
-            uid: 0,
-            cgroup_procs: cgroup_procs.to_vec(),
-            mode: jail::Mode::Helper,
-        };
+        let jail = JailSpec::helper(jail::Mode::Helper, cgroup_procs);
         let child = jail::spawn(&jail, &bin, &args, &log, &log)
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         // With its start time: the socket path may be an alias that does not name this

@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::block::{Block, SECTOR_SIZE};
 use super::console::{Console, ConsoleBackend, MAX_PENDING};
 use super::mmio::{MmioTransport, STATUS_DEVICE_NEEDS_RESET, STATUS_DRIVER_OK, STATUS_FEATURES_OK};
-use super::net::{Net, MAX_FRAME, MAX_TX_PENDING};
+use super::net::{Net, MAX_FRAME, MAX_RX_QUEUED, MAX_TX_PENDING};
 use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 
@@ -333,6 +333,7 @@ pub fn fuzz_net(data: &[u8]) {
         let _ = net.process_backend();
         let _ = net.process_queue(0);
         assert!(net.pending_output() <= MAX_TX_PENDING + 4 + MAX_FRAME);
+        assert!(net.pending_input() < MAX_RX_QUEUED + MAX_FRAME);
     }
     // What the guest sent is whole frames, each within bounds.
     let mut out = Vec::new();
