@@ -878,7 +878,7 @@ mod tests {
         }
         let queued = fx.net.pending_input();
         assert!(
-            queued >= MAX_RX_QUEUED && queued < MAX_RX_QUEUED + MAX_FRAME,
+            (MAX_RX_QUEUED..MAX_RX_QUEUED + MAX_FRAME).contains(&queued),
             "{queued}"
         );
         assert_eq!(fx.rx.used_idx(&fx.mem), 0);
