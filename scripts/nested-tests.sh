@@ -20,7 +20,10 @@
 # so a stall costs a couple of minutes instead of the whole run; a test that hangs twice
 # fails. The same for a test that failed because an L2 VM triple-faulted (seen once on
 # 2026-12-06, in the middle of a boot that hundreds of others got through: the same
-# family as L1's own crashes, a fault while delivering a fault, under QEMU's emulation). A test's output is printed in one piece when it ends, so lanes do not interleave.
+# family as L1's own crashes, a fault while delivering a fault, under QEMU's emulation),
+# and for one that failed because an L2 boot hung until vessel's boot timeout (seen once on
+# 2026-12-06, after the kernel's last early message, in a test whose other five boots and
+# every other test's passed: the stall above, caught by vessel's own deadline first). A test's output is printed in one piece when it ends, so lanes do not interleave.
 set -uo pipefail
 vm_run=$1 boot_linux=$2 container_run=$3 container_lifecycle=$4 volumes=$5 network=$6
 lanes=${VESSEL_NESTED_LANES:-2}
@@ -121,6 +124,8 @@ lane() {
             why="made no progress in ${limits[$i]}s (a stalled L2 VM?)"
         elif [ "$rc" != 0 ] && grep -q 'triple-faulted (KVM_EXIT_SHUTDOWN)' "$out"; then
             why="failed because an L2 VM triple-faulted (QEMU's emulation of nested SVM?)"
+        elif [ "$rc" != 0 ] && grep -q 'the guest agent did not start within' "$out"; then
+            why="failed because an L2 VM's boot hung (a stalled L2 VM?)"
         fi
         if [ -n "$why" ]; then
             # The first attempt stays in the log, marked so that its results are not counted.
