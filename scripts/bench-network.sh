@@ -16,19 +16,11 @@ cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
 DURATION="${2:-5}"
 VMM="${VMM:-qemu}"
-[ "$(id -u)" -eq 0 ] || { echo "bench-network: needs root" >&2; exit 1; }
 for t in iperf3 wrk passt pasta; do
     command -v "$t" >/dev/null || { echo "bench-network: $t is missing (scripts/setup.sh)" >&2; exit 1; }
 done
-KERNEL="${VESSEL_KERNEL:-/var/cache/vessel/kernel}"
-if [ "${NO_BUILD:-0}" != 1 ]; then
-    cargo build --release -q -p vessel -p vessel-vmm >&2
-    cargo build --release -q -p vessel-agent --target x86_64-unknown-linux-musl >&2
-fi
-VESSEL="$PWD/target/release/vessel"
-export VESSEL_AGENT="${VESSEL_AGENT:-$PWD/target/x86_64-unknown-linux-musl/release/vessel-agent}"
-export VESSEL_KERNEL="$KERNEL"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/vessel-bench-network.XXXXXX")"
+. scripts/bench-vm-env.sh
+vm_bench_env bench-network
 [ "${KEEP:-0}" = 1 ] || trap '"$VESSEL" --root "$WORK/root" rm -f $("$VESSEL" --root "$WORK/root" ps -aq 2>/dev/null) >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 
 # The image: busybox-static and Debian's iperf3 with the libraries it loads.

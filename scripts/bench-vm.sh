@@ -33,23 +33,11 @@ cd "$(dirname "$0")/.."
 
 RUNS="${1:-10}"
 VMM="${VMM:-auto}"
-[ "$(id -u)" -eq 0 ] || { echo "bench-vm: needs root" >&2; exit 1; }
 [ -x /bin/busybox ] || { echo "bench-vm: missing /bin/busybox (busybox-static)" >&2; exit 1; }
-KERNEL="${VESSEL_KERNEL:-/var/cache/vessel/kernel}"
-[ -e "$KERNEL" ] || { echo "bench-vm: no guest kernel at $KERNEL (run scripts/setup.sh)" >&2; exit 1; }
-
-if [ "${NO_BUILD:-0}" != 1 ]; then
-    cargo build --release -q -p vessel -p vessel-vmm >&2
-    cargo build --release -q -p vessel-agent --target x86_64-unknown-linux-musl >&2
-fi
-VESSEL="$PWD/target/release/vessel"
-export VESSEL_AGENT="${VESSEL_AGENT:-$PWD/target/x86_64-unknown-linux-musl/release/vessel-agent}"
-# TMPDIR=/run inside the nested-KVM guest: its /tmp is the host's, over virtio-fs, where
-# every disk access would cross FUSE (and overlayfs, for container mode, cannot live).
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/vessel-bench-vm.XXXXXX")"
+. scripts/bench-vm-env.sh
+vm_bench_env bench-vm
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 ROOT="$WORK/root"
-export VESSEL_KERNEL="$KERNEL"
 OWN_KERNEL=
 if [[ ",$VMM" == *+own* ]]; then
     OWN_KERNEL=$("$VESSEL" kernel build --no-install --json |

@@ -13,16 +13,8 @@ cd "$(dirname "$0")/.."
 
 RUNS="${1:-3}"
 VMM="${VMM:-qemu}"
-[ "$(id -u)" -eq 0 ] || { echo "bench-volumes: needs root" >&2; exit 1; }
-KERNEL="${VESSEL_KERNEL:-/var/cache/vessel/kernel}"
-if [ "${NO_BUILD:-0}" != 1 ]; then
-    cargo build --release -q -p vessel -p vessel-vmm >&2
-    cargo build --release -q -p vessel-agent --target x86_64-unknown-linux-musl >&2
-fi
-VESSEL="$PWD/target/release/vessel"
-export VESSEL_AGENT="${VESSEL_AGENT:-$PWD/target/x86_64-unknown-linux-musl/release/vessel-agent}"
-export VESSEL_KERNEL="$KERNEL"
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/vessel-bench-volumes.XXXXXX")"
+. scripts/bench-vm-env.sh
+vm_bench_env bench-volumes
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 
 # The image: busybox-static with every applet, as an OCI layout written by hand.

@@ -23,7 +23,8 @@
 # family as L1's own crashes, a fault while delivering a fault, under QEMU's emulation),
 # and for one that failed because an L2 boot hung until vessel's boot timeout (seen once on
 # 2026-12-06, after the kernel's last early message, in a test whose other five boots and
-# every other test's passed: the stall above, caught by vessel's own deadline first). A test's output is printed in one piece when it ends, so lanes do not interleave.
+# every other test's passed: the stall above, caught by vessel's own deadline first).
+# A test's output is printed in one piece when it ends, so lanes do not interleave.
 set -uo pipefail
 vm_run=$1 boot_linux=$2 container_run=$3 container_lifecycle=$4 volumes=$5 network=$6
 lanes=${VESSEL_NESTED_LANES:-2}

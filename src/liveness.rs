@@ -1,5 +1,6 @@
 //! Is a process the one that was recorded? A PID alone can be reused, so the process's start
-//! time is recorded with it (supervisors, virtiofsd daemons).
+//! time is recorded with it (supervisors, and the helpers of a container: virtiofsd,
+//! passt, pasta).
 
 /// Start time of `pid` in clock ticks after boot (field 22 of /proc/PID/stat).
 pub fn start_time(pid: i32) -> Option<u64> {
@@ -20,6 +21,27 @@ pub fn alive(pid: i32, start: u64) -> bool {
         .and_then(|i| stat[i + 1..].split_whitespace().next())
         .is_some_and(|s| s == "Z" || s == "X");
     !zombie && start_time(pid) == Some(start)
+}
+
+/// Records `pid` with its start time in the file `path`, for [`kill_recorded`] from any
+/// later vessel process.
+pub fn record(path: &std::path::Path, pid: i32) {
+    let _ = std::fs::write(path, format!("{pid} {}", start_time(pid).unwrap_or(0)));
+}
+
+/// SIGKILLs the process recorded in `path` if it is still the one recorded, and removes
+/// the record.
+pub fn kill_recorded(path: &std::path::Path) {
+    let recorded = std::fs::read_to_string(path).unwrap_or_default();
+    let mut fields = recorded.split_whitespace().map(str::parse::<u64>);
+    if let (Some(Ok(pid)), Some(Ok(start))) = (fields.next(), fields.next()) {
+        if alive(pid as i32, start) {
+            // SAFETY: kill takes plain integers; the pid and its start time were checked
+            // to be the recorded process.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 #[cfg(test)]

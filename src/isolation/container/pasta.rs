@@ -90,10 +90,7 @@ pub fn start(dir: &Path, pid: i32, ports: &[PortMapping]) -> Result<(), Isolatio
         "pasta",
         ports,
         &log_path,
-        || match child.try_wait() {
-            Ok(Some(st)) => Some(st.to_string()),
-            _ => None,
-        },
+        || child.try_wait(),
         || routed(pid),
     );
     if let Err(e) = ready {

@@ -81,26 +81,13 @@ pub fn common_args(ports: &[PortMapping]) -> Vec<OsString> {
 
 /// Records a started helper for [`cleanup`].
 pub fn record(dir: &Path, pid: i32) {
-    let _ = std::fs::write(
-        pid_file(dir),
-        format!("{pid} {}", liveness::start_time(pid).unwrap_or(0)),
-    );
+    liveness::record(&pid_file(dir), pid);
 }
 
 /// Kills the helper a crashed supervisor left for the container in `dir`, if it is still
 /// the process that was started, and forgets it.
 pub fn cleanup(dir: &Path) {
-    let f = pid_file(dir);
-    let recorded = std::fs::read_to_string(&f).unwrap_or_default();
-    let mut fields = recorded.split_whitespace().map(str::parse::<u64>);
-    if let (Some(Ok(pid)), Some(Ok(start))) = (fields.next(), fields.next()) {
-        if liveness::alive(pid as i32, start) {
-            // SAFETY: kill takes plain integers; pid and start time were checked to be
-            // this container's helper.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-    }
-    let _ = std::fs::remove_file(f);
+    liveness::kill_recorded(&pid_file(dir));
 }
 
 /// Local ports in `table` (`/proc/net/tcp` format) in `state` (hex, e.g. `0A` LISTEN).
@@ -141,13 +128,14 @@ pub fn unbound(ports: &[PortMapping]) -> Vec<PortMapping> {
         .collect()
 }
 
-/// Waits until `ready()` and every published port is bound. `exited()` says whether (and
-/// how) the helper has ended; `log` is its log, quoted in a failure.
+/// Waits until `ready()` and every published port is bound. `try_wait` is the helper's
+/// own (a [`std::process::Child`]'s or a jailed process's); `log` is its log, quoted in a
+/// failure.
 pub fn wait_ready(
     name: &str,
     ports: &[PortMapping],
     log: &Path,
-    mut exited: impl FnMut() -> Option<String>,
+    mut try_wait: impl FnMut() -> std::io::Result<Option<std::process::ExitStatus>>,
     ready: impl Fn() -> bool,
 ) -> Result<(), String> {
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -156,7 +144,7 @@ pub fn wait_ready(
         if missing.is_empty() && ready() {
             return Ok(());
         }
-        let why = if let Some(status) = exited() {
+        let why = if let Ok(Some(status)) = try_wait() {
             Some(format!("{name} exited ({status}) before serving"))
         } else if Instant::now() > deadline {
             Some(match missing.first() {

@@ -81,10 +81,7 @@ pub fn start(
         "passt",
         ports,
         &log_path,
-        || match child.try_wait() {
-            Ok(Some(st)) => Some(st.to_string()),
-            _ => None,
-        },
+        || child.try_wait(),
         || listening(&socket),
     );
     if let Err(e) = ready {

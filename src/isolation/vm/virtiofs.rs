@@ -117,11 +117,7 @@ pub fn start(
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         // With its start time: the socket path may be an alias that does not name this
         // directory, so the command line cannot tell a reused pid from this daemon.
-        let pid = child.id() as i32;
-        let _ = std::fs::write(
-            pid_file(dir, i),
-            format!("{pid} {}", liveness::start_time(pid).unwrap_or(0)),
-        );
+        liveness::record(&pid_file(dir, i), child.id() as i32);
         daemons.push(Daemon {
             tag: tag(i),
             socket,
@@ -175,16 +171,7 @@ pub fn cleanup(dir: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("virtiofsd-") && name.ends_with(".pid") {
-            let recorded = std::fs::read_to_string(e.path()).unwrap_or_default();
-            let mut fields = recorded.split_whitespace().map(str::parse::<u64>);
-            if let (Some(Ok(pid)), Some(Ok(start))) = (fields.next(), fields.next()) {
-                if liveness::alive(pid as i32, start) {
-                    // SAFETY: kill takes plain integers; the pid and its start time were
-                    // checked to be this container's daemon.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                }
-            }
-            let _ = std::fs::remove_file(e.path());
+            liveness::kill_recorded(&e.path());
         }
         if name.starts_with("fs-") && name.ends_with(".sock") {
             let _ = std::fs::remove_file(e.path());

@@ -174,13 +174,16 @@ const FILES: &str = "/run/vessel/files";
 /// Binds each file (`/etc/hosts`, ...) over the image's own, as docker does: the
 /// container may change them, and the image's copy is left as it was.
 fn bind_files(root: &Path, files: &[vessel_agent::FileSpec]) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(FILES).map_err(|e| format!("creating {FILES}: {e}"))?;
     for (i, f) in files.iter().enumerate() {
         let rel = f.path.trim_start_matches('/');
         if rel.is_empty() || rel.split('/').any(|c| c == "..") {
             return Err(format!("refusing to bind a file at {:?}", f.path));
         }
         let src = Path::new(FILES).join(i.to_string());
-        std::fs::create_dir_all(FILES).map_err(|e| format!("creating {FILES}: {e}"))?;
         std::fs::write(&src, &f.contents).map_err(|e| format!("writing {}: {e}", f.path))?;
         let at = root.join(rel);
         if let Some(parent) = at.parent() {
