@@ -29,16 +29,22 @@ pub fn record(path: &std::path::Path, pid: i32) {
     let _ = std::fs::write(path, format!("{pid} {}", start_time(pid).unwrap_or(0)));
 }
 
-/// SIGKILLs the process recorded in `path` if it is still the one recorded, and removes
-/// the record.
+/// SIGKILLs the process recorded in `path` if it is still the one recorded, waits (up to
+/// 2 s) until it is gone, so that what it held (a published port) is free when this
+/// returns, and removes the record.
 pub fn kill_recorded(path: &std::path::Path) {
     let recorded = std::fs::read_to_string(path).unwrap_or_default();
     let mut fields = recorded.split_whitespace().map(str::parse::<u64>);
     if let (Some(Ok(pid)), Some(Ok(start))) = (fields.next(), fields.next()) {
-        if alive(pid as i32, start) {
+        let pid = pid as i32;
+        if alive(pid, start) {
             // SAFETY: kill takes plain integers; the pid and its start time were checked
             // to be the recorded process.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while alive(pid, start) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
         }
     }
     let _ = std::fs::remove_file(path);

@@ -469,6 +469,8 @@ fn helpers_end_with_their_container(m: &Mode) {
     check(&id, hp, "kill");
     let (id, hp) = start(&serve);
     m.ok(&["rm", "-f", &id]);
+    // As with docker, the port is free as soon as `rm -f` returns.
+    assert!(port_free(hp), "rm -f returned with port {hp} still bound");
     assert!(
         ctr::wait_for(20, || helpers_of(&id).is_empty() && port_free(hp)),
         "rm -f"
